@@ -1,0 +1,25 @@
+# The two commands a new user needs: `make demo` and `make test`. Both run the set-up first.
+.PHONY: setup demo test export-env clean-results
+
+VENV_STAMP := .venv/.setup-stamp
+SETUP_INPUTS := pyproject.toml uv.lock envs/setup.sh envs/sdists.txt envs/install_detectron2.py
+
+setup: $(VENV_STAMP)
+
+$(VENV_STAMP): $(SETUP_INPUTS)
+	bash envs/setup.sh
+	touch $@
+
+demo: setup
+	.venv/bin/snakemake --profile profiles/local demo
+
+test: setup
+	.venv/bin/python -m pytest
+
+# Re-export envs/requirements.lock.txt after changing uv.lock (a test checks they agree).
+export-env: setup
+	.cache/uv-*/bin/uv export --frozen --format requirements-txt --no-emit-project --quiet \
+		-o envs/requirements.lock.txt
+
+clean-results:
+	rm -rf results logs reports/demo.md

@@ -1,0 +1,66 @@
+"""Command line: `python -m pipeline <command>`.
+
+    tables [--paper P] [--json]   list the registry's tables and rows with their numbers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from pipeline import registry
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
+def cmd_tables(args) -> int:
+    from tabulate import tabulate
+
+    keys = [args.paper] if args.paper else list(registry.PAPERS)
+    docs = {k: registry.paper(k, args.registry) for k in keys}
+    if args.json:
+        json.dump(docs, sys.stdout, indent=1)
+        print()
+        return 0
+    for key, doc in docs.items():
+        print(f"{doc['name']} ({key}): {doc['title']}, arXiv {doc['arxiv']}")
+        for t in doc["tables"]:
+            print(f"\n  {key}_{t['id']}: {t['title']} ({len(t['rows'])} rows)")
+            if t.get("not_reproduced"):
+                print(f"  not reproduced: {t['not_reproduced']}")
+            body = [[r["row"], r.get("schedule") or "", _fmt(r.get("params_m")), _fmt(r.get("flops_g")),
+                     "  ".join(f"{m} {_fmt(v)}" for m, v in r["metrics"].items()), r["evidence"]]
+                    for r in t["rows"]]
+            table = tabulate(body, headers=["row", "schedule", "params (M)", "GFLOPs", "metrics", "evidence"],
+                             tablefmt="simple", disable_numparse=True)
+            print("\n".join("    " + line for line in table.splitlines()))
+        print()
+    return 0
+
+
+def main(argv=None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... | head` ends quietly
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="backbone-repro pipeline tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("tables", help="list paper tables and rows with their numbers")
+    p.add_argument("--paper", choices=registry.PAPERS)
+    p.add_argument("--json", action="store_true", help="print the validated registry as JSON")
+    p.add_argument("--registry", type=Path, default=registry.PAPERS_DIR, help="folder of <paper>.yaml files")
+    p.set_defaults(func=cmd_tables)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except registry.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

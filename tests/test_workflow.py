@@ -1,0 +1,75 @@
+"""Snakefile, dvc.yaml, environment files and set-up: they agree with each other and with the config."""
+
+import re
+import subprocess
+from pathlib import Path
+
+from conftest import BIN, PYTHON, ROOT, run
+from pipeline import dvcgen, registry
+
+
+def _job_counts(stdout: str) -> dict[str, int]:
+    table = stdout.split("Job stats:")[1]
+    counts = {}
+    for line in table.splitlines():
+        m = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_dry_run_demo_lists_the_whole_dag(tmp_path):
+    proc = run([BIN / "snakemake", "--profile", "profiles/local", "-n", "demo", "--config",
+                f"data_root={tmp_path}", "--directory", str(ROOT)])
+    assert _job_counts(proc.stdout) == {"prepare_embedded": 3, "pretrain": 1, "finetune": 1, "evaluate": 1,
+                                        "report_demo": 1, "demo": 1}
+    for path in ("results/pretrain/imagenet-embedded/pvt_tiny/demo/model.pth",
+                 "results/finetune/coco-embedded/mask_rcnn/pvt_tiny/demo/model_final.pth",
+                 "results/evaluate/coco-embedded/mask_rcnn/pvt_tiny/demo/metrics.json", "reports/demo.md"):
+        assert path in proc.stdout
+
+
+def test_bad_config_value_is_one_clear_error():
+    proc = run([BIN / "snakemake", "--profile", "profiles/local", "-n", "demo", "--config", "paper=pvtt"],
+               check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    line = next(l for l in out.splitlines() if "pvtt" in l)
+    assert "field 'paper'" in line and "'pvt'" in line and "hornet" in line
+
+
+def test_dvc_yaml_is_generated_from_the_config():
+    config = registry.load_yaml(registry.CONFIG_DIR / "config.yaml")
+    assert (ROOT / "dvc.yaml").read_text() == dvcgen.dvc_yaml(config)
+
+
+def test_exported_lock_matches_uv_lock():
+    uv = next((ROOT / ".cache").glob("uv-*/bin/uv"))
+    proc = run([uv, "export", "--frozen", "--format", "requirements-txt", "--no-emit-project", "--quiet"])
+    strip = lambda text: [l for l in text.splitlines() if not l.startswith("#")]  # noqa: E731
+    assert strip(proc.stdout) == strip((ROOT / "envs" / "requirements.lock.txt").read_text())
+    assert "-r requirements.lock.txt" in (ROOT / "envs" / "environment.yml").read_text()
+
+
+def test_setup_is_done_and_a_second_run_does_nothing():
+    # `make -q` exits 0 only when the target is up to date: nothing would be re-installed or re-downloaded.
+    assert subprocess.run(["make", "-q", "setup"], cwd=ROOT).returncode == 0
+
+
+def test_pinned_versions_are_installed():
+    import detectron2
+    import snakemake
+    import torch
+    import torchvision
+
+    assert torch.__version__.startswith("2.13.0") and torchvision.__version__.startswith("0.28.0")
+    assert detectron2.__version__ == "0.6"
+    assert snakemake.__version__.startswith("9.")
+    out = run([PYTHON, "-m", "dvc", "--version"]).stdout
+    assert out.startswith("3.")
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make demo" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
