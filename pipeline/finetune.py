@@ -21,8 +21,10 @@ import torch
 from detectron2.config import instantiate
 from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import SimpleTrainer, hooks
 from detectron2.solver import LRMultiplier, WarmupParamScheduler, get_default_optimizer_params
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import JSONWriter
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from tqdm import tqdm
@@ -30,7 +32,7 @@ from tqdm import tqdm
 from models import CheckpointError
 from models.dense import mask_rcnn
 from pipeline.detection import AtomicCheckpointer, register_coco
-from pipeline.io import atomic_torch_save, claim_work_dir, file_sha256
+from pipeline.io import atomic_torch_save, claim_work_dir, weights_digest
 from pipeline.logs import setup_logging
 
 
@@ -92,18 +94,19 @@ class ProgressBar(hooks.HookBase):
 def build_train_loader(dataset: str, cfg: FinetuneConfig):
     mapper = DatasetMapper(is_train=True, image_format="RGB", use_instance_mask=True, augmentations=[
         T.ResizeShortestEdge(cfg.min_size, cfg.max_size, sample_style="choice"), T.RandomFlip()])
-    return build_detection_train_loader(dataset=get_detection_dataset_dicts([dataset]), mapper=mapper,
-                                        total_batch_size=cfg.batch_size, num_workers=0)
+    dicts = get_detection_dataset_dicts([dataset])
+    return build_detection_train_loader(dataset=dicts, mapper=mapper, total_batch_size=cfg.batch_size,
+                                        sampler=TrainingSampler(len(dicts), seed=cfg.seed), num_workers=0)
 
 
 def finetune(cfg: FinetuneConfig) -> None:
     log = setup_logging(cfg.log, "finetune")
-    torch.manual_seed(cfg.seed)
+    seed_all_rng(cfg.seed)
     if cfg.pretrained:
         meta = torch.load(cfg.pretrained, map_location="cpu", weights_only=True)
         cfg.pretrain_img_size = meta.get("img_size", cfg.pretrain_img_size) if isinstance(meta, dict) else 224
     fingerprint = {k: v for k, v in asdict(cfg).items() if k not in ("work_dir", "output", "log", "pretrained")}
-    fingerprint["pretrained_sha256"] = file_sha256(cfg.pretrained) if cfg.pretrained else None
+    fingerprint["pretrained_weights_sha256"] = weights_digest(cfg.pretrained) if cfg.pretrained else None
     claim_work_dir(cfg.work_dir, fingerprint, log)
     train_set = register_coco(cfg.coco, "train")
     model = build_model(cfg)
@@ -114,8 +117,8 @@ def finetune(cfg: FinetuneConfig) -> None:
     milestones = sorted({m for m in (cfg.iters * 8 // 12, cfg.iters * 11 // 12) if 0 < m < cfg.iters})
     steps = MultiStepParamScheduler([1.0, 0.1, 0.01][: len(milestones) + 1], num_updates=cfg.iters,
                                     milestones=milestones)
-    scheduler = LRMultiplier(optimizer, WarmupParamScheduler(steps, 0.001, cfg.warmup_iters / cfg.iters),
-                             max_iter=cfg.iters)
+    warmup = WarmupParamScheduler(steps, 0.001, min(cfg.warmup_iters, cfg.iters) / cfg.iters)
+    scheduler = LRMultiplier(optimizer, warmup, max_iter=cfg.iters)
     trainer = SimpleTrainer(model, build_train_loader(train_set, cfg), optimizer)
     checkpointer = AtomicCheckpointer(model, cfg.work_dir, trainer=trainer)
     trainer.register_hooks([

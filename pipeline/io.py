@@ -87,3 +87,18 @@ def claim_work_dir(work_dir: str | Path, fingerprint: dict, log) -> bool:
     work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
     return False
+
+
+def weights_digest(path: str | Path) -> str:
+    """sha256 over a checkpoint's tensors (names, dtypes, shapes, bytes), independent of how it was saved:
+    torch.save writes a fresh serialization id each time, so identical weights give different files."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
