@@ -9,7 +9,6 @@ last one. The declared output is the final model's weights only.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ from models import CheckpointError
 from models.dense import mask_rcnn
 from pipeline.detection import AtomicCheckpointer, register_coco
 from pipeline.io import atomic_torch_save, claim_work_dir, weights_digest
+from pipeline.cli import parse_settings
 from pipeline.logs import setup_logging
 
 
@@ -145,20 +145,8 @@ def finetune(cfg: FinetuneConfig) -> None:
     log.info("done in %.0f s -> %s", time.perf_counter() - t0, cfg.output)
 
 
-def parse_args(argv=None) -> FinetuneConfig:
-    parser = argparse.ArgumentParser(description="fine-tune Mask R-CNN with a registered backbone")
-    defaults = FinetuneConfig(backbone="", pretrained="", coco="", work_dir="", output="")
-    for name, value in asdict(defaults).items():
-        flag = "--" + name.replace("_", "-")
-        if value == "":
-            parser.add_argument(flag, required=True)
-        else:
-            parser.add_argument(flag, type=type(value) if value is not None else str, default=value)
-    return FinetuneConfig(**vars(parser.parse_args(argv)))
-
-
 def main(argv=None) -> int:
-    cfg = parse_args(argv)
+    cfg = parse_settings(FinetuneConfig, argv, "fine-tune Mask R-CNN with a registered backbone")
     try:
         finetune(cfg)
     except (FileNotFoundError, FloatingPointError, CheckpointError) as e:

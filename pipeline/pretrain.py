@@ -12,7 +12,6 @@ so a resumed run sees exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 import models
 from pipeline.io import atomic_torch_save, atomic_write_json, claim_work_dir
+from pipeline.cli import parse_settings
 from pipeline.logs import setup_logging
 
 
@@ -229,22 +229,8 @@ def train(cfg: PretrainConfig) -> dict:
     return metrics
 
 
-def parse_args(argv=None) -> PretrainConfig:
-    parser = argparse.ArgumentParser(description="pretrain a registered model on an ImageNet-format folder")
-    defaults = PretrainConfig(model="", data="", work_dir="", output="", metrics="")
-    for name, value in asdict(defaults).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
-        elif name in ("model", "data", "work_dir", "output", "metrics"):
-            parser.add_argument(flag, required=True)
-        else:
-            parser.add_argument(flag, type=type(value) if value is not None else str, default=value)
-    return PretrainConfig(**vars(parser.parse_args(argv)))
-
-
 def main(argv=None) -> int:
-    cfg = parse_args(argv)
+    cfg = parse_settings(PretrainConfig, argv, "pretrain a registered model on an ImageNet-format folder")
     try:
         train(cfg)
     except (TrainingError, models.CheckpointError) as e:
