@@ -61,12 +61,18 @@ def read_checkpoint(path: str | Path) -> dict:
 def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
     raw = read_checkpoint(path)
     filt = _FILTERS.get(name)
-    state = filt(raw, model) if filt is not None else raw
+    try:
+        state = filt(raw, model) if filt is not None else raw
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e.args[0] if e.args else e}") from None
     # Unexpected keys are reported as the file names them (where a key maps one-to-one).
     origin = {}
     if filt is not None:
         for key, value in raw.items():
-            mapped = filt({key: value}, model)
+            try:
+                mapped = filt({key: value}, model)
+            except (KeyError, ValueError):  # keys that only convert together (e.g. q/k/v -> qkv)
+                continue
             if len(mapped) == 1:
                 origin[next(iter(mapped))] = key
     expected = model.state_dict()

@@ -9,9 +9,11 @@ from __future__ import annotations
 import pipeline.compat  # noqa: F401  (before detectron2)
 
 from detectron2.config import LazyCall as L
-from detectron2.layers import ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.model_zoo import get_config
 from detectron2.modeling import Backbone
+from detectron2.modeling.backbone.fpn import LastLevelP6P7
+from torch import nn
 
 import models
 
@@ -20,11 +22,32 @@ IMAGENET_PIXEL_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_PIXEL_STD = [58.395, 57.12, 57.375]
 
 
+def convert_norm(module: nn.Module, norm: str) -> nn.Module:
+    """Swap a backbone's BatchNorm layers: "BN" keeps them, "FrozenBN" fixes their statistics and affine
+    (fine-tuning from ImageNet weights), "SyncBN" syncs them across GPUs, "GN" replaces them with
+    GroupNorm(32) for from-scratch training (frozen statistics diverge without pretraining).
+    LayerNorm-based families (PVT) have no BatchNorm and are unaffected."""
+    if norm == "BN":
+        return module
+    if norm == "FrozenBN":
+        return FrozenBatchNorm2d.convert_frozen_batchnorm(module)
+    if norm == "SyncBN":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if norm == "GN":
+        for name, child in module.named_children():
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(module, name, nn.GroupNorm(32, child.num_features))
+            else:
+                convert_norm(child, norm)
+        return module
+    raise ValueError(f"unknown norm {norm!r}; valid: BN, FrozenBN, SyncBN, GN")
+
+
 class RegistryBackbone(Backbone):
     def __init__(self, name: str, out_features: list[str] | None = None, pretrained: str | None = None,
-                 freeze_at: int = 0, **overrides):
+                 freeze_at: int = 0, norm: str = "BN", **overrides):
         super().__init__()
-        self.net = models.create(name, features_only=True, pretrained=pretrained, **overrides)
+        self.net = convert_norm(models.create(name, features_only=True, pretrained=pretrained, **overrides), norm)
         info = self.net.feature_info
         self._all_features = [f["name"] for f in info]
         self._out_features = list(out_features or self._all_features)
@@ -36,9 +59,15 @@ class RegistryBackbone(Backbone):
         self.freeze(freeze_at)
 
     def freeze(self, freeze_at: int) -> None:
-        """Freeze the first `freeze_at` feature stages (0 = train everything)."""
-        for f in self.net.feature_info[:freeze_at]:
-            for p in self.net.get_submodule(f["module"]).parameters():
+        """detectron2's convention: 0 trains everything, 1 freezes the stem (whatever precedes the first
+        feature stage), k > 1 also freezes the first k-1 feature stages."""
+        if freeze_at <= 0:
+            return
+        stage_modules = [f["module"] for f in self.net.feature_info]
+        frozen = stage_modules[: freeze_at - 1]
+        for name, p in self.net.named_parameters():
+            in_stage = next((m for m in stage_modules if name.startswith(m + ".")), None)
+            if in_stage is None or in_stage in frozen:
                 p.requires_grad_(False)
 
     @property
@@ -58,15 +87,33 @@ def feature_names(name: str) -> list[str]:
     return [f["name"] for f in models.create(name, features_only=True).feature_info]
 
 
-def mask_rcnn(backbone: str, num_classes: int = 80, pretrained: str | None = None, freeze_at: int = 0,
-              **overrides):
-    """detectron2's Mask R-CNN + FPN (P2-P6, 256 channels) with a registry backbone as bottom-up."""
-    model = get_config("common/models/mask_rcnn_fpn.py").model
-    model.backbone.bottom_up = L(RegistryBackbone)(name=backbone, pretrained=pretrained, freeze_at=freeze_at,
-                                                  **overrides)
-    model.backbone.in_features = feature_names(backbone)
-    model.roi_heads.num_classes = num_classes
+def _with_backbone(model, backbone: str, in_features: list[str], **backbone_kwargs):
+    model.backbone.bottom_up = L(RegistryBackbone)(name=backbone, **backbone_kwargs)
+    model.backbone.in_features = in_features
     model.pixel_mean = IMAGENET_PIXEL_MEAN
     model.pixel_std = IMAGENET_PIXEL_STD
     model.input_format = "RGB"
+    return model
+
+
+def mask_rcnn(backbone: str, num_classes: int = 80, pretrained: str | None = None, freeze_at: int = 0,
+              norm: str = "BN", **overrides):
+    """detectron2's Mask R-CNN + FPN (P2-P6, 256 channels) with a registry backbone as bottom-up."""
+    model = _with_backbone(get_config("common/models/mask_rcnn_fpn.py").model, backbone, feature_names(backbone),
+                           pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
+    model.roi_heads.num_classes = num_classes
+    return model
+
+
+def retinanet(backbone: str, num_classes: int = 80, pretrained: str | None = None, freeze_at: int = 0,
+              norm: str = "BN", **overrides):
+    """detectron2's RetinaNet: FPN on the stride 8-32 features plus P6/P7 from the last one (PVT's mmdet
+    config: start_level=1, add_extra_convs='on_input')."""
+    names = feature_names(backbone)
+    model = _with_backbone(get_config("common/models/retinanet.py").model, backbone, names[1:],
+                           pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
+    channels = {f["name"]: f["num_chs"] for f in models.create(backbone, features_only=True).feature_info}
+    model.backbone.top_block = L(LastLevelP6P7)(in_channels=channels[names[-1]], out_channels=256,
+                                                in_feature=names[-1])
+    model.num_classes = num_classes
     return model

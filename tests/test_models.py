@@ -1,0 +1,95 @@
+"""The model registry as a whole: every variant builds, runs forward and backward, and plugs into detectron2."""
+
+import pytest
+import timm
+import torch
+
+import models
+
+import pipeline.compat  # noqa: F401
+
+from detectron2.config import instantiate
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from models.dense import mask_rcnn, retinanet
+
+EXPECTED = {
+    "pvt_tiny", "pvt_small", "pvt_medium", "pvt_large",
+    "resnet50_baseline", "resnet101_baseline", "resnet152_baseline", "resnet200_baseline",
+    "botnet50", "botnet101", "botnet152", "botnet200", "botnet_s1_50",
+    "botnet_s1_59", "botnet_s1_77", "botnet_s1_110", "botnet_s1_128",
+    "botnet_t3", "botnet_t4", "botnet_t5", "botnet_t6", "botnet_t7",
+}
+FAMILY_REPRESENTATIVES = ["pvt_tiny", "botnet50"]
+
+
+def test_registry_lists_every_variant():
+    assert set(models.list_models()) == EXPECTED
+
+
+def test_no_name_shadows_a_timm_model():
+    ours = set(models.list_models())
+    timm_own = {n for n in timm.list_models() if n not in ours}
+    assert not ours & timm_own
+    assert timm.create_model("botnet50").__class__.__name__ == "ResNet"
+
+
+def test_unknown_model_lists_the_valid_ones():
+    with pytest.raises(KeyError, match="registered models: botnet101"):
+        models.create("botnet51")
+
+
+def _size(model):
+    return getattr(model, "img_size", (224, 224))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_forward_and_backward_at_native_resolution(name):
+    model = models.create(name, num_classes=10)
+    x = torch.randn(1, 3, *_size(model))
+    out = model(x)
+    assert out.shape == (1, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
+def test_dense_features_at_a_non_square_detection_size(name):
+    model = models.create(name, features_only=True)
+    x = torch.randn(1, 3, 800, 1216)
+    feats = model(x)
+    for f, info in zip(feats, model.feature_info):
+        assert f.shape == (1, info["num_chs"], 800 // info["reduction"], 1216 // info["reduction"])
+    sum(f.mean() for f in feats).backward()
+
+
+def _batch(h=192, w=256):
+    inst = Instances((h, w))
+    inst.gt_boxes = Boxes(torch.tensor([[20.0, 30.0, 150.0, 170.0], [90.0, 10.0, 240.0, 120.0]]))
+    inst.gt_classes = torch.tensor([0, 5])
+    masks = torch.zeros(2, h, w, dtype=torch.bool)
+    masks[0, 30:170, 20:150] = True
+    masks[1, 10:120, 90:240] = True
+    inst.gt_masks = BitMasks(masks)
+    return [{"image": torch.rand(3, h, w) * 255, "instances": inst, "height": h, "width": w}]
+
+
+@pytest.mark.parametrize("framework", ["mask_rcnn", "retinanet"])
+@pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
+def test_detector_trains_one_step_and_predicts_on_cpu(name, framework):
+    torch.manual_seed(0)
+    builder = {"mask_rcnn": mask_rcnn, "retinanet": retinanet}[framework]
+    model = instantiate(builder(name, num_classes=80, norm="GN"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+    with EventStorage(0):
+        losses = model(_batch())
+    total = sum(losses.values())
+    assert torch.isfinite(total), losses
+    total.backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": torch.rand(3, 192, 256) * 255}])
+    assert out[0]["instances"].image_size == (192, 256)
