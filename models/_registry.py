@@ -36,6 +36,11 @@ def register_model(checkpoint_filter: Callable[[dict, nn.Module], dict] | None =
     return wrap
 
 
+def family(name: str) -> str:
+    """The paper family a registered model belongs to: its module's name (`pvt`, `botnet`, ...)."""
+    return _BUILDERS[name].__module__.rsplit(".", 1)[-1]
+
+
 def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern))
 

@@ -79,8 +79,10 @@ class MHSA(nn.Module):
     there is no output projection (Fig. 4). The position logits enter the fused attention as an additive mask.
     """
 
-    def __init__(self, dim: int, feat_size: tuple[int, int], num_heads: int = 4, dim_head: int | None = None):
+    def __init__(self, dim: int, feat_size: tuple[int, int], num_heads: int = 4, dim_head: int | None = None,
+                 fused_attn: bool = True):
         super().__init__()
+        self.fused_attn = fused_attn
         self.num_heads = num_heads
         self.dim_head = dim_head or dim // num_heads
         self.inner = self.num_heads * self.dim_head
@@ -92,7 +94,10 @@ class MHSA(nn.Module):
         B, _, H, W = x.shape
         q, k, v = self.qkv(x).reshape(B, 3, self.num_heads, self.dim_head, H * W).transpose(-1, -2).unbind(1)
         pos = self.pos_embed(q, (H, W)) * self.scale
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos.to(q.dtype), scale=self.scale)
+        if self.fused_attn:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos.to(q.dtype), scale=self.scale)
+        else:  # explicit softmax, as the reference implementations compute it; a benchmark baseline
+            out = ((q @ k.transpose(-2, -1)) * self.scale + pos).softmax(dim=-1) @ v
         return out.transpose(-1, -2).reshape(B, self.inner, H, W)
 
 
@@ -146,7 +151,9 @@ class Bottleneck(nn.Module):
         x = self.bn3(self.conv3(x))
         if self.se is not None:
             x = self.se(x)
-        return self.act(self.drop_path(x) + shortcut)
+        x = self.drop_path(x)
+        x += shortcut
+        return self.act(x)
 
 
 class BoTBlock(nn.Module):
@@ -158,12 +165,12 @@ class BoTBlock(nn.Module):
 
     def __init__(self, in_chs: int, width: int, stride: int = 1, norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU,
                  feat_size: tuple[int, int] = (14, 14), num_heads: int = 4, shortcut_act: bool = False,
-                 drop_path: float = 0.0, **_):
+                 drop_path: float = 0.0, fused_attn: bool = True, **_):
         super().__init__()
         out_chs = width * self.expansion
         self.conv1 = nn.Conv2d(in_chs, width, 1, bias=False)
         self.bn1 = norm_layer(width)
-        self.attn = MHSA(width, feat_size, num_heads)
+        self.attn = MHSA(width, feat_size, num_heads, fused_attn=fused_attn)
         self.pool = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
         self.bn2 = norm_layer(width)
         self.conv3 = nn.Conv2d(width, out_chs, 1, bias=False)
@@ -176,8 +183,9 @@ class BoTBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         x = self.act(self.bn1(self.conv1(x)))
         x = self.act(self.bn2(self.pool(self.attn(x))))
-        x = self.bn3(self.conv3(x))
-        return self.act(self.drop_path(x) + shortcut)
+        x = self.drop_path(self.bn3(self.conv3(x)))
+        x += shortcut
+        return self.act(x)
 
 
 class NonLocalBlock(nn.Module):
@@ -215,7 +223,11 @@ class ResNetVariant:
     extra_blocks: dict[int, str] = field(default_factory=dict)
 
 
-_ACTS = {"relu": nn.ReLU, "silu": nn.SiLU}
+def _inplace(act: type[nn.Module]):
+    return lambda: act(inplace=True)
+
+
+_ACTS = {"relu": _inplace(nn.ReLU), "silu": _inplace(nn.SiLU)}
 
 
 class ResNet(nn.Module):
@@ -223,7 +235,8 @@ class ResNet(nn.Module):
 
     def __init__(self, variant: ResNetVariant, num_classes: int = 1000, features_only: bool = False,
                  img_size: int | tuple[int, int] | None = None, drop_path_rate: float = 0.0,
-                 norm_layer=nn.BatchNorm2d, extra_blocks: dict | None = None, in_chans: int = 3):
+                 norm_layer=nn.BatchNorm2d, extra_blocks: dict | None = None, in_chans: int = 3,
+                 fused_attn: bool = True):
         super().__init__()
         act_layer = _ACTS[variant.act]
         extra = {int(k): v for k, v in (extra_blocks if extra_blocks is not None else variant.extra_blocks).items()}
@@ -250,7 +263,7 @@ class ResNet(nn.Module):
                 cls = BoTBlock if bot else Bottleneck
                 blocks.append(cls(in_chs, width, stride if j == 0 else 1, norm_layer=norm_layer, act_layer=act_layer,
                                   se_ratio=variant.se_ratio, shortcut_act=variant.shortcut_act, feat_size=feat,
-                                  drop_path=dpr[k]))
+                                  drop_path=dpr[k], fused_attn=fused_attn))
                 if j == 0:
                     stride_total *= stride
                     feat = tuple(s // stride_total for s in self.img_size)

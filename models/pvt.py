@@ -25,8 +25,9 @@ class SpatialReductionAttention(nn.Module):
     """SRA (§3.3): keys/values come from the map shrunk R times per side by a R×R stride-R conv + LN."""
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, fused_attn: bool = True):
         super().__init__()
+        self.fused_attn = fused_attn
         self.num_heads = num_heads
         self.sr_ratio = sr_ratio
         self.attn_drop = attn_drop
@@ -48,8 +49,11 @@ class SpatialReductionAttention(nn.Module):
         else:
             kv_src = x
         k, v = self.kv(kv_src).reshape(B, -1, 2, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
-        # Same math as softmax(q kᵀ / sqrt(d)) v with scale head_dim^-0.5, fused.
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        else:  # the official code's explicit softmax(q kᵀ / sqrt(d)) v; same result, kept as a benchmark baseline
+            attn = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+            x = F.dropout(attn, self.attn_drop, self.training) @ v
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -57,10 +61,10 @@ class Block(nn.Module):
     """Pre-norm transformer encoder layer with SRA (§3.3, Fig. 3)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, qkv_bias: bool = True,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0):
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, fused_attn: bool = True):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
-        self.attn = SpatialReductionAttention(dim, num_heads, sr_ratio, qkv_bias, attn_drop, drop)
+        self.attn = SpatialReductionAttention(dim, num_heads, sr_ratio, qkv_bias, attn_drop, drop, fused_attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
@@ -89,7 +93,7 @@ class Stage(nn.Module):
 
     def __init__(self, in_chans: int, dim: int, patch_size: int, grid: int, depth: int, num_heads: int,
                  mlp_ratio: float, sr_ratio: int, drop_path: list[float], drop: float, attn_drop: float,
-                 extra_tokens: int = 0):
+                 extra_tokens: int = 0, fused_attn: bool = True):
         super().__init__()
         self.grid = grid
         self.extra_tokens = extra_tokens
@@ -97,7 +101,7 @@ class Stage(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, extra_tokens + grid * grid, dim))
         self.pos_drop = nn.Dropout(drop)
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio, sr_ratio, True, drop, attn_drop, dp) for dp in drop_path)
+            Block(dim, num_heads, mlp_ratio, sr_ratio, True, drop, attn_drop, dp, fused_attn) for dp in drop_path)
 
     def position_embedding(self, hw: tuple[int, int]) -> torch.Tensor:
         """The grid part of pos_embed, bilinearly resized when the input is not the pretraining size."""
@@ -137,10 +141,11 @@ class PyramidVisionTransformer(nn.Module):
 
     def __init__(self, variant: PVTVariant, num_classes: int = 1000, features_only: bool = False,
                  img_size: int = 224, in_chans: int = 3, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0):
+                 drop_path_rate: float = 0.0, fused_attn: bool = True):
         super().__init__()
         self.features_only = features_only
         self.num_classes = num_classes
+        self.img_size = (img_size, img_size)
         # Stochastic depth grows linearly from 0 to drop_path_rate over all blocks.
         dpr = torch.linspace(0, drop_path_rate, sum(variant.depths)).tolist()
         stages, chans, stride, start = [], in_chans, 1, 0
@@ -151,7 +156,7 @@ class PyramidVisionTransformer(nn.Module):
             stages.append(Stage(
                 chans, variant.embed_dims[i], variant.patch_sizes[i], img_size // stride, depth,
                 variant.num_heads[i], variant.mlp_ratios[i], variant.sr_ratios[i], dpr[start:start + depth],
-                drop_rate, attn_drop_rate, extra_tokens=1 if last else 0))
+                drop_rate, attn_drop_rate, extra_tokens=1 if last else 0, fused_attn=fused_attn))
             self.feature_info.append(dict(num_chs=variant.embed_dims[i], reduction=stride,
                                           module=f"stages.{i}", name=f"stage{i + 1}"))
             chans, start = variant.embed_dims[i], start + depth

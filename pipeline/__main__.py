@@ -1,6 +1,7 @@
 """Command line: `python -m pipeline <command>`.
 
     tables [--paper P] [--json]   list the registry's tables and rows with their numbers
+    bench models [--models ...]   parameters, MACs and CPU throughput (reports/bench/models.md)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from pipeline import registry
+from pipeline import bench, registry
 
 
 def _fmt(v) -> str:
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the validated registry as JSON")
     p.add_argument("--registry", type=Path, default=registry.PAPERS_DIR, help="folder of <paper>.yaml files")
     p.set_defaults(func=cmd_tables)
+    bench.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,27 @@
+"""pipeline/bench.py: `python -m pipeline bench models` writes a row per model with same-run baselines."""
+
+import json
+
+from conftest import PYTHON, run
+
+
+def test_bench_models_prints_and_writes_a_row_per_model(tmp_path):
+    proc = run([PYTHON, "-m", "pipeline", "bench", "models", "--models", "pvt_tiny", "resnet50_baseline",
+                "--batch", "1", "--warmup", "1", "--repeats", "1", "--iters", "1", "--threads", "2",
+                "--out", str(tmp_path)], timeout=900)
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table[1:]] == ["| pvt_tiny", "| resnet50_baseline"]
+    assert "(explicit attention)" in table[1] and "(resnet50)" in table[2]
+    assert "official PVT v1 pvt_tiny" in table[1]
+    data = json.loads((tmp_path / "models.json").read_text())
+    rows = {r["model"]: r for r in data["rows"]}
+    assert rows["pvt_tiny"]["params"] == 13_229_288  # PVT-Tiny, official code recount (pvt.md)
+    assert rows["resnet50_baseline"]["channels_last"] is True and rows["pvt_tiny"]["channels_last"] is False
+    assert data["yardstick"]["infer"]["median"] > 0
+    assert (tmp_path / "models.md").read_text() in proc.stdout
+
+
+def test_bench_rejects_unknown_models_in_one_line():
+    proc = run([PYTHON, "-m", "pipeline", "bench", "models", "--models", "pvt_tinyy"], check=False)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "pvt_tinyy" in proc.stderr
