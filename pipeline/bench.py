@@ -91,6 +91,7 @@ def measure_one(name: str, source: str, batch: int, warmup: int, repeats: int, i
     return {"model": name + (" (explicit attention)" if unfused else ""), "source": source,
             "img_size": list(size), "params": params, "macs": macs,
             "channels_last": channels_last, "batch": batch, "threads": torch.get_num_threads(),
+            "warmup": warmup, "repeats": repeats, "iters": iters,
             "infer": infer_rate, "train": train_rate}
 
 
@@ -136,8 +137,9 @@ def render_markdown(rows: list[dict], anchors: dict, yardstick: dict) -> str:
     lines = [
         "# Model benchmark (CPU)",
         "",
-        f"fp32, batch {rows[0]['batch']}, {rows[0]['threads']} threads; images/s as median (min-max) of 3 repeats "
-        "of 5 iterations after 2 warm-up iterations; each model in a fresh process. MACs counted by fvcore "
+        f"fp32, batch {rows[0]['batch']}, {rows[0]['threads']} threads; images/s as median (min-max) of "
+        f"{rows[0]['repeats']} repeats of {rows[0]['iters']} iterations after {rows[0]['warmup']} warm-up "
+        "iterations; each model in a fresh process. MACs counted by fvcore "
         "(what the papers call GFLOPs). `vs same-run baseline`: timm's same architecture, or the same model with "
         "explicit (unfused) attention. `vs official`: the official implementation's figure from another run "
         f"(config/bench/anchors.yaml), scaled by the ResNet-50 yardstick measured in this run (infer "

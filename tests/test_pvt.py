@@ -100,6 +100,9 @@ def test_official_classification_checkpoint_loads(tmp_path):
     loaded = models.create("pvt_tiny", pretrained=path)
     for k, v in reference.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), reference.eval()(x))
 
 
 def test_official_detection_backbone_checkpoint_loads(tmp_path):
