@@ -130,12 +130,12 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_chs: int, width: int, stride: int = 1, norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU,
-                 se_ratio: float = 0.0, shortcut_act: bool = False, drop_path: float = 0.0, **_):
+                 se_ratio: float = 0.0, shortcut_act: bool = False, drop_path: float = 0.0, **spatial_kwargs):
         super().__init__()
         out_chs = width * self.expansion
         self.conv1 = nn.Conv2d(in_chs, width, 1, bias=False)
         self.bn1 = norm_layer(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self._build_spatial(width, stride, **spatial_kwargs)
         self.bn2 = norm_layer(width)
         self.conv3 = nn.Conv2d(width, out_chs, 1, bias=False)
         self.bn3 = norm_layer(out_chs)
@@ -144,10 +144,16 @@ class Bottleneck(nn.Module):
         self.downsample = _shortcut(in_chs, out_chs, stride, norm_layer, act_layer, shortcut_act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    def _build_spatial(self, width: int, stride: int, **_) -> None:
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+
+    def spatial(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         x = self.act(self.bn1(self.conv1(x)))
-        x = self.act(self.bn2(self.conv2(x)))
+        x = self.act(self.bn2(self.spatial(x)))
         x = self.bn3(self.conv3(x))
         if self.se is not None:
             x = self.se(x)
@@ -156,36 +162,21 @@ class Bottleneck(nn.Module):
         return self.act(x)
 
 
-class BoTBlock(nn.Module):
+class BoTBlock(Bottleneck):
     """Bottleneck Transformer block: the bottleneck's 3×3 conv replaced by MHSA (abstract, Fig. 4), with BN and
     the three nonlinearities kept. When the block downsamples, MHSA runs at the input resolution and a 2×2
     average pool follows ([port]); no SE in BoT blocks ([port], paper §4.8.4 as quoted there)."""
 
-    expansion = 4
+    def __init__(self, in_chs: int, width: int, stride: int = 1, se_ratio: float = 0.0, **kwargs):
+        super().__init__(in_chs, width, stride, se_ratio=0.0, **kwargs)
 
-    def __init__(self, in_chs: int, width: int, stride: int = 1, norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU,
-                 feat_size: tuple[int, int] = (14, 14), num_heads: int = 4, shortcut_act: bool = False,
-                 drop_path: float = 0.0, fused_attn: bool = True, **_):
-        super().__init__()
-        out_chs = width * self.expansion
-        self.conv1 = nn.Conv2d(in_chs, width, 1, bias=False)
-        self.bn1 = norm_layer(width)
+    def _build_spatial(self, width: int, stride: int, feat_size: tuple[int, int] = (14, 14), num_heads: int = 4,
+                       fused_attn: bool = True, **_) -> None:
         self.attn = MHSA(width, feat_size, num_heads, fused_attn=fused_attn)
         self.pool = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
-        self.bn2 = norm_layer(width)
-        self.conv3 = nn.Conv2d(width, out_chs, 1, bias=False)
-        self.bn3 = norm_layer(out_chs)
-        self.act = act_layer()
-        self.downsample = _shortcut(in_chs, out_chs, stride, norm_layer, act_layer, shortcut_act)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        x = self.act(self.bn1(self.conv1(x)))
-        x = self.act(self.bn2(self.pool(self.attn(x))))
-        x = self.drop_path(self.bn3(self.conv3(x)))
-        x += shortcut
-        return self.act(x)
+    def spatial(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.attn(x))
 
 
 class NonLocalBlock(nn.Module):
@@ -293,7 +284,7 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         for m in self.modules():
             # Zero-init the last BN of every residual branch ([port]; standard for long ResNet schedules).
-            if isinstance(m, (Bottleneck, BoTBlock)):
+            if isinstance(m, Bottleneck):
                 nn.init.zeros_(m.bn3.weight)
             elif isinstance(m, NonLocalBlock):
                 nn.init.zeros_(m.bn.weight)

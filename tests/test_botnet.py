@@ -83,7 +83,7 @@ def test_s1_variants_keep_stride_16_with_se_and_silu():
     model = models.create("botnet_s1_59", features_only=True)
     assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 16]
     assert model.layer2[0].se is not None and isinstance(model.act, torch.nn.SiLU)
-    assert not hasattr(model.layer4[0], "se")
+    assert model.layer4[0].se is None  # no SE in BoT blocks
 
 
 def test_relative_logits_match_a_direct_computation():
