@@ -20,8 +20,10 @@ EXPECTED = {
     "botnet50", "botnet101", "botnet152", "botnet200", "botnet_s1_50",
     "botnet_s1_59", "botnet_s1_77", "botnet_s1_110", "botnet_s1_128",
     "botnet_t3", "botnet_t4", "botnet_t5", "botnet_t6", "botnet_t7",
+    "hornet_tiny_7x7", "hornet_tiny_gf", "hornet_small_7x7", "hornet_small_gf", "hornet_base_7x7", "hornet_base_gf",
+    "hornet_base_gf_img384", "hornet_large_7x7", "hornet_large_gf", "hornet_large_gf_img384",
 }
-FAMILY_REPRESENTATIVES = ["pvt_tiny", "botnet50"]
+FAMILY_REPRESENTATIVES = ["pvt_tiny", "botnet50", "hornet_tiny_gf"]
 
 
 def test_registry_lists_every_variant():
