@@ -64,7 +64,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
-    raw = read_checkpoint(path)
+    # Detection/segmentation checkpoints hold the backbone under `backbone.`; the filters see bare keys.
+    raw = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in read_checkpoint(path).items()}
     filt = _FILTERS.get(name)
     try:
         state = filt(raw, model) if filt is not None else raw

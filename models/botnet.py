@@ -351,7 +351,6 @@ def checkpoint_filter_fn(state_dict: dict, model: ResNet) -> dict:
     out, expected = {}, model.state_dict()
     qkv_parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state_dict.items():
-        key = key[len("backbone."):] if key.startswith("backbone.") else key
         if model.features_only and key.startswith("fc."):
             continue
         if key.endswith((".query.weight", ".key.weight", ".value.weight")):

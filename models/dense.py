@@ -83,8 +83,8 @@ class RegistryBackbone(Backbone):
                 for k in self._out_features}
 
 
-def feature_names(name: str) -> list[str]:
-    return [f["name"] for f in models.create(name, features_only=True).feature_info]
+def feature_info(name: str) -> list[dict]:
+    return models.create(name, features_only=True).feature_info
 
 
 def _with_backbone(model, backbone: str, in_features: list[str], **backbone_kwargs):
@@ -99,7 +99,8 @@ def _with_backbone(model, backbone: str, in_features: list[str], **backbone_kwar
 def mask_rcnn(backbone: str, num_classes: int = 80, pretrained: str | None = None, freeze_at: int = 0,
               norm: str = "BN", **overrides):
     """detectron2's Mask R-CNN + FPN (P2-P6, 256 channels) with a registry backbone as bottom-up."""
-    model = _with_backbone(get_config("common/models/mask_rcnn_fpn.py").model, backbone, feature_names(backbone),
+    model = _with_backbone(get_config("common/models/mask_rcnn_fpn.py").model, backbone,
+                           [f["name"] for f in feature_info(backbone)],
                            pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
     model.roi_heads.num_classes = num_classes
     return model
@@ -109,11 +110,10 @@ def retinanet(backbone: str, num_classes: int = 80, pretrained: str | None = Non
               norm: str = "BN", **overrides):
     """detectron2's RetinaNet: FPN on the stride 8-32 features plus P6/P7 from the last one (PVT's mmdet
     config: start_level=1, add_extra_convs='on_input')."""
-    names = feature_names(backbone)
-    model = _with_backbone(get_config("common/models/retinanet.py").model, backbone, names[1:],
+    info = feature_info(backbone)
+    model = _with_backbone(get_config("common/models/retinanet.py").model, backbone, [f["name"] for f in info[1:]],
                            pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
-    channels = {f["name"]: f["num_chs"] for f in models.create(backbone, features_only=True).feature_info}
-    model.backbone.top_block = L(LastLevelP6P7)(in_channels=channels[names[-1]], out_channels=256,
-                                                in_feature=names[-1])
+    model.backbone.top_block = L(LastLevelP6P7)(in_channels=info[-1]["num_chs"], out_channels=256,
+                                                in_feature=info[-1]["name"])
     model.num_classes = num_classes
     return model

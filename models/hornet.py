@@ -187,7 +187,6 @@ def checkpoint_filter_fn(state_dict: dict, model: HorNet) -> dict:
     """Official classification checkpoints, and detection/segmentation backbones (`backbone.`, norm0..norm3)."""
     out = {}
     for key, value in state_dict.items():
-        key = key[len("backbone."):] if key.startswith("backbone.") else key
         is_head = key.startswith(("head.", "norm."))
         is_out_norm = key.split(".")[0] in ("norm0", "norm1", "norm2", "norm3")
         if (model.features_only and is_head) or (not model.features_only and is_out_norm):

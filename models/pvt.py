@@ -230,7 +230,6 @@ def checkpoint_filter_fn(state_dict: dict, model: PyramidVisionTransformer) -> d
     """Map the official PVT layout (classification, or a detection/segmentation `backbone.`) to ours."""
     out = {}
     for key, value in state_dict.items():
-        key = key[len("backbone."):] if key.startswith("backbone.") else key
         if model.features_only and (key == "cls_token" or key.startswith(("norm.", "head."))):
             continue
         if (m := re.fullmatch(r"pos_embed(\d)", key)) is not None:
