@@ -12,10 +12,14 @@ from detectron2.config import LazyCall as L
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.model_zoo import get_config
 from detectron2.modeling import Backbone
+from detectron2.modeling import SemanticSegmentor
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers
 from torch import nn
 
 import models
+from models.heads import HorFPN, SegFormerHead, UperNetHead
 
 # Torchvision/timm ImageNet statistics in 0-255 RGB: the project's backbones are pretrained with them.
 IMAGENET_PIXEL_MEAN = [123.675, 116.28, 103.53]
@@ -87,9 +91,17 @@ def feature_info(name: str) -> list[dict]:
     return models.create(name, features_only=True).feature_info
 
 
-def _with_backbone(model, backbone: str, in_features: list[str], **backbone_kwargs):
+NECKS = ("fpn", "horfpn_7x7", "horfpn_gf")
+
+
+def _with_backbone(model, backbone: str, in_features: list[str], neck: str = "fpn", **backbone_kwargs):
+    if neck not in NECKS:
+        raise ValueError(f"unknown neck {neck!r}; valid: {', '.join(NECKS)}")
     model.backbone.bottom_up = L(RegistryBackbone)(name=backbone, **backbone_kwargs)
     model.backbone.in_features = in_features
+    if neck != "fpn":
+        model.backbone._target_ = HorFPN
+        model.backbone.gf = neck == "horfpn_gf"
     model.pixel_mean = IMAGENET_PIXEL_MEAN
     model.pixel_std = IMAGENET_PIXEL_STD
     model.input_format = "RGB"
@@ -97,13 +109,59 @@ def _with_backbone(model, backbone: str, in_features: list[str], **backbone_kwar
 
 
 def mask_rcnn(backbone: str, num_classes: int = 80, pretrained: str | None = None, freeze_at: int = 0,
-              norm: str = "BN", **overrides):
-    """detectron2's Mask R-CNN + FPN (P2-P6, 256 channels) with a registry backbone as bottom-up."""
+              norm: str = "BN", neck: str = "fpn", **overrides):
+    """detectron2's Mask R-CNN + FPN (P2-P6, 256 channels) with a registry backbone as bottom-up; `neck`
+    "horfpn_7x7"/"horfpn_gf" swaps the FPN for HorFPN."""
     model = _with_backbone(get_config("common/models/mask_rcnn_fpn.py").model, backbone,
-                           [f["name"] for f in feature_info(backbone)],
+                           [f["name"] for f in feature_info(backbone)], neck,
                            pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
     model.roi_heads.num_classes = num_classes
     return model
+
+
+def cascade_mask_rcnn(backbone: str, num_classes: int = 80, pretrained: str | None = None, freeze_at: int = 0,
+                      norm: str = "BN", head_norm: str = "SyncBN", neck: str = "fpn", **overrides):
+    """Cascade Mask R-CNN as HorNet trains it (hornet.md §D, the ConvNeXt recipe): three stages (IoU 0.5/0.6/0.7)
+    of 4-conv + 1-FC box heads with `head_norm`, GIoU box loss with weight 10. Departure: detectron2's cascade
+    supports class-agnostic regression only (the mmdet recipe regresses per class)."""
+    model = _with_backbone(get_config("common/models/cascade_rcnn.py").model, backbone,
+                           [f["name"] for f in feature_info(backbone)], neck,
+                           pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
+    model.roi_heads.num_classes = num_classes
+    model.roi_heads.box_heads = [
+        L(FastRCNNConvFCHead)(input_shape=ShapeSpec(channels=256, height=7, width=7), conv_dims=[256] * 4,
+                              fc_dims=[1024], conv_norm=head_norm)
+        for _ in range(3)]
+    model.roi_heads.box_predictors = [
+        L(FastRCNNOutputLayers)(input_shape=ShapeSpec(channels=1024), test_score_thresh=0.05,
+                                box2box_transform=L(Box2BoxTransform)(weights=(w1, w1, w2, w2)),
+                                cls_agnostic_bbox_reg=True, num_classes=num_classes, box_reg_loss_type="giou",
+                                loss_weight={"loss_box_reg": 10.0})
+        for w1, w2 in [(10, 5), (20, 10), (30, 15)]]
+    return model
+
+
+SEG_HEADS = {"segformer": SegFormerHead, "upernet": UperNetHead}
+
+
+def semantic_segmentor(backbone: str, head: str, num_classes: int = 150, pretrained: str | None = None,
+                       freeze_at: int = 0, norm: str = "BN", head_norm: str = "SyncBN", aux: bool | None = None,
+                       **overrides):
+    """detectron2's `SemanticSegmentor` with a registry backbone (all four levels) and a decode head:
+    "segformer" (LVT's ADE20K head) or "upernet" (HorNet's and PatchConvNet's; with the auxiliary FCN head on
+    the third level unless `aux=False`). Label 255 is ignored."""
+    if head not in SEG_HEADS:
+        raise ValueError(f"unknown segmentation head {head!r}; valid: {', '.join(SEG_HEADS)}")
+    info = feature_info(backbone)
+    shapes = {f["name"]: ShapeSpec(channels=f["num_chs"], stride=f["reduction"]) for f in info}
+    head_kwargs = dict(input_shape=shapes, num_classes=num_classes, norm=head_norm)
+    if head == "upernet" and aux is not False:
+        head_kwargs["aux_feature"] = info[2]["name"]
+    return L(SemanticSegmentor)(
+        backbone=L(RegistryBackbone)(name=backbone, pretrained=pretrained, freeze_at=freeze_at, norm=norm,
+                                     **overrides),
+        sem_seg_head=L(SEG_HEADS[head])(**head_kwargs),
+        pixel_mean=IMAGENET_PIXEL_MEAN, pixel_std=IMAGENET_PIXEL_STD)
 
 
 def retinanet(backbone: str, num_classes: int = 80, pretrained: str | None = None, freeze_at: int = 0,
@@ -112,7 +170,7 @@ def retinanet(backbone: str, num_classes: int = 80, pretrained: str | None = Non
     config: start_level=1, add_extra_convs='on_input')."""
     info = feature_info(backbone)
     model = _with_backbone(get_config("common/models/retinanet.py").model, backbone, [f["name"] for f in info[1:]],
-                           pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
+                           "fpn", pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
     model.backbone.top_block = L(LastLevelP6P7)(in_channels=info[-1]["num_chs"], out_channels=256,
                                                 in_feature=info[-1]["name"])
     model.num_classes = num_classes

@@ -19,18 +19,46 @@ from models._registry import build, register_model
 LN_EPS = 1e-6  # HorNet code: every LayerNorm uses eps 1e-6
 
 
+class ElementwiseLayerNorm2d(nn.Module):
+    """The official code's channels-first LayerNorm, written out elementwise (mean, variance, normalise, affine;
+    ~10 kernels). Same parameters and result as `LayerNorm2d`; kept as the benchmark's same-run baseline."""
+
+    def __init__(self, dim: int, eps: float = LN_EPS):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def norm2d(dim: int, fused: bool = True) -> nn.Module:
+    """Channels-first LayerNorm: one fused layer_norm kernel (timm's LayerNorm2d), or the official elementwise one."""
+    return LayerNorm2d(dim, eps=LN_EPS) if fused else ElementwiseLayerNorm2d(dim)
+
+
+def resize_complex_weight(weight: torch.Tensor, grid) -> torch.Tensor:
+    """Bilinear (align_corners) resize of a (C, h, w, 2) GF weight to another rfft2 grid (HorNet code)."""
+    return F.interpolate(weight.permute(3, 0, 1, 2), size=tuple(grid), mode="bilinear",
+                         align_corners=True).permute(1, 2, 3, 0)
+
+
 class GlobalLocalFilter(nn.Module):
     """GF layer (HorNet code): pre-LN; half the channels through a depthwise 3×3, half through
     rfft2 (ortho) × a learnable complex weight (resized bilinearly when the FFT grid differs), in float32;
     the halves interleaved channel by channel; post-LN."""
 
-    def __init__(self, dim: int, h: int, w: int):
+    def __init__(self, dim: int, h: int, w: int, fused_norm: bool = True):
         super().__init__()
         self.dw = nn.Conv2d(dim // 2, dim // 2, 3, padding=1, bias=False, groups=dim // 2)
         self.complex_weight = nn.Parameter(torch.empty(dim // 2, h, w, 2))
         trunc_normal_(self.complex_weight, std=0.02)
-        self.pre_norm = LayerNorm2d(dim, eps=LN_EPS)
-        self.post_norm = LayerNorm2d(dim, eps=LN_EPS)
+        self.pre_norm = norm2d(dim, fused_norm)
+        self.post_norm = norm2d(dim, fused_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pre_norm(x)
@@ -40,8 +68,7 @@ class GlobalLocalFilter(nn.Module):
         spec = torch.fft.rfft2(glob.float(), dim=(2, 3), norm="ortho")
         weight = self.complex_weight
         if weight.shape[1:3] != spec.shape[2:4]:
-            weight = F.interpolate(weight.permute(3, 0, 1, 2), size=spec.shape[2:4], mode="bilinear",
-                                   align_corners=True).permute(1, 2, 3, 0)
+            weight = resize_complex_weight(weight, spec.shape[2:4])
         glob = torch.fft.irfft2(spec * torch.view_as_complex(weight.contiguous()), s=(H, W), dim=(2, 3),
                                 norm="ortho").to(local.dtype)
         x = torch.stack([local, glob], dim=2).reshape(B, 2 * C, H, W)
@@ -53,7 +80,8 @@ class GnConv(nn.Module):
     p0 and q; a depthwise 7×7 (with bias) or GF filter on q scaled by s = 1/3; then p_{k+1} = f_k(p_k) · q_k
     with 1×1 convs f_k; proj_out."""
 
-    def __init__(self, dim: int, order: int, gf_size: tuple[int, int] | None = None, s: float = 1.0 / 3.0):
+    def __init__(self, dim: int, order: int, gf_size: tuple[int, int] | None = None, s: float = 1.0 / 3.0,
+                 fused_norm: bool = True):
         super().__init__()
         self.order = order
         self.dims = [dim // 2 ** i for i in range(order)][::-1]
@@ -63,7 +91,7 @@ class GnConv(nn.Module):
         if gf_size is None:
             self.dwconv = nn.Conv2d(total, total, 7, padding=3, groups=total)
         else:
-            self.dwconv = GlobalLocalFilter(total, *gf_size)
+            self.dwconv = GlobalLocalFilter(total, *gf_size, fused_norm=fused_norm)
         self.proj_out = nn.Conv2d(dim, dim, 1)
         self.pws = nn.ModuleList(nn.Conv2d(self.dims[i], self.dims[i + 1], 1) for i in range(order - 1))
 
@@ -79,10 +107,11 @@ class GnConv(nn.Module):
 class HorBlock(nn.Module):
     """x + γ1·gnConv(LN(x)), then x + γ2·MLP(LN(x)) with ratio 4 (channels-last linears); layer scale 1e-6."""
 
-    def __init__(self, dim: int, order: int, gf_size=None, drop_path: float = 0.0, layer_scale: float = 1e-6):
+    def __init__(self, dim: int, order: int, gf_size=None, drop_path: float = 0.0, layer_scale: float = 1e-6,
+                 fused_norm: bool = True):
         super().__init__()
-        self.norm1 = LayerNorm2d(dim, eps=LN_EPS)
-        self.gnconv = GnConv(dim, order, gf_size)
+        self.norm1 = norm2d(dim, fused_norm)
+        self.gnconv = GnConv(dim, order, gf_size, fused_norm=fused_norm)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()
@@ -114,7 +143,7 @@ class HorNet(nn.Module):
 
     def __init__(self, variant: HorNetVariant, num_classes: int = 1000, features_only: bool = False,
                  img_size: int | None = None, drop_path_rate: float = 0.0, layer_scale: float = 1e-6,
-                 in_chans: int = 3):
+                 in_chans: int = 3, fused_norm: bool = True):
         super().__init__()
         self.features_only = features_only
         self.num_classes = num_classes
@@ -122,9 +151,9 @@ class HorNet(nn.Module):
         self.img_size = (size, size)
         dims = [variant.base_dim * 2 ** i for i in range(4)]
         self.downsample_layers = nn.ModuleList([nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, 4),
-                                                              LayerNorm2d(dims[0], eps=LN_EPS))])
+                                                              norm2d(dims[0], fused_norm))])
         for i in range(3):
-            self.downsample_layers.append(nn.Sequential(LayerNorm2d(dims[i], eps=LN_EPS),
+            self.downsample_layers.append(nn.Sequential(norm2d(dims[i], fused_norm),
                                                         nn.Conv2d(dims[i], dims[i + 1], 2, 2)))
         dpr = torch.linspace(0, drop_path_rate, sum(variant.depths)).tolist()
         self.stages = nn.ModuleList()
@@ -134,13 +163,13 @@ class HorNet(nn.Module):
             grid = size // (4 * 2 ** i)
             gf_size = (grid, grid // 2 + 1) if variant.gf and i >= 2 else None  # rfft2 grid of the stage map
             self.stages.append(nn.Sequential(*(HorBlock(dims[i], variant.orders[i], gf_size, dpr[start + j],
-                                                        layer_scale) for j in range(depth))))
+                                                        layer_scale, fused_norm) for j in range(depth))))
             self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}",
                                           name=f"stage{i + 1}"))
             start += depth
         if features_only:
             for i, d in enumerate(dims):
-                self.add_module(f"norm{i}", LayerNorm2d(d, eps=LN_EPS))
+                self.add_module(f"norm{i}", norm2d(d, fused_norm))
         else:
             self.norm = nn.LayerNorm(dims[-1], eps=LN_EPS)
             self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
@@ -192,6 +221,11 @@ def checkpoint_filter_fn(state_dict: dict, model: HorNet) -> dict:
         if (model.features_only and is_head) or (not model.features_only and is_out_norm):
             continue
         out[key] = value
+    # GF weights trained at another resolution are resized to this model's grid, as the filter itself does.
+    expected = model.state_dict()
+    for key, value in out.items():
+        if key.endswith("complex_weight") and key in expected and value.shape != expected[key].shape:
+            out[key] = resize_complex_weight(value, expected[key].shape[1:3])
     if model.features_only:
         # An ImageNet checkpoint has no output norms: they are new layers of the dense model, kept at their init
         # (the official detection/segmentation code loads classification weights non-strictly for this reason).

@@ -4,8 +4,10 @@ Protocol (the same as the reference anchors in config/bench/anchors.yaml): rando
 resolution, fp32, batch 8; inference under `inference_mode`, training as SGD steps on cross-entropy;
 2 warm-up iterations, then 3 repeats of 5 timed iterations; the median repeat's images/s is reported with
 the min-max range. Each model runs in a fresh process. Where timm ships the same architecture, timm's model
-is measured in the same run and the ratio reported; for attention models the same-run baseline is the
-same model with the explicit softmax attention of the reference implementations (`fused_attn=False`).
+is measured in the same run and the ratio reported. Otherwise the same-run baseline is the same model with
+the reference implementations' way of doing its costliest op: explicit softmax attention (`fused_attn=False`)
+for PVT, BoTNet and LVT, the elementwise channels-first LayerNorm (`fused_norm=False`) for HorNet, and the
+channels-first memory format for PatchConvNet.
 The official implementations' figures (config/bench/anchors.yaml) come from another run: they are compared
 after scaling by a yardstick, timm's ResNet-50 (the anchors' torchvision ResNet-50), measured in this run.
 """
@@ -30,7 +32,15 @@ TIMM_SAME = {"resnet50_baseline": "resnet50", "resnet101_baseline": "resnet101",
 YARDSTICK = "resnet50"  # timm; the anchors' yardstick is torchvision's ResNet-50, the same architecture
 YARDSTICK_ANCHOR = "resnet50_baseline"
 # Conv-heavy families run channels-last by default (`--channels-last auto`).
-CHANNELS_LAST_FAMILIES = {"botnet"}
+CHANNELS_LAST_FAMILIES = {"botnet", "hornet", "lvt", "patchconvnet"}
+# Same-run baseline per family: (label, model overrides, channels-last for the baseline or None = as the row).
+FAMILY_BASELINES = {
+    "pvt": ("explicit attention", {"fused_attn": False}, None),
+    "botnet": ("explicit attention", {"fused_attn": False}, None),
+    "lvt": ("explicit attention", {"fused_attn": False}, None),
+    "hornet": ("elementwise LayerNorm", {"fused_norm": False}, None),
+    "patchconvnet": ("channels-first", {}, False),
+}
 
 
 def _measure(fn, batch: int, warmup: int, repeats: int, iters: int) -> dict:
@@ -46,7 +56,7 @@ def _measure(fn, batch: int, warmup: int, repeats: int, iters: int) -> dict:
 
 
 def measure_one(name: str, source: str, batch: int, warmup: int, repeats: int, iters: int, channels_last: bool,
-                threads: int | None, unfused: bool = False) -> dict:
+                threads: int | None, overrides: dict | None = None, label: str | None = None) -> dict:
     import torch
 
     if threads:
@@ -61,7 +71,7 @@ def measure_one(name: str, source: str, batch: int, warmup: int, repeats: int, i
         import models
         from models.flops import count_macs
 
-        model = models.create(name, **({"fused_attn": False} if unfused else {}))
+        model = models.create(name, **(overrides or {}))
         size = tuple(getattr(model, "img_size", (224, 224)))
     params = sum(p.numel() for p in model.parameters())
     macs = None
@@ -88,22 +98,23 @@ def measure_one(name: str, source: str, batch: int, warmup: int, repeats: int, i
         opt.step()
 
     train_rate = _measure(train_step, batch, warmup, repeats, iters)
-    return {"model": name + (" (explicit attention)" if unfused else ""), "source": source,
+    return {"model": name + (f" ({label})" if label else ""), "source": source,
             "img_size": list(size), "params": params, "macs": macs,
             "channels_last": channels_last, "batch": batch, "threads": torch.get_num_threads(),
             "warmup": warmup, "repeats": repeats, "iters": iters,
             "infer": infer_rate, "train": train_rate}
 
 
-def _run_isolated(name: str, source: str, args, unfused: bool = False, channels_last: bool | None = None) -> dict:
+def _run_isolated(name: str, source: str, args, baseline: tuple | None = None,
+                  channels_last: bool | None = None) -> dict:
     cmd = [sys.executable, "-m", "pipeline.bench", "_one", name, "--source", source, "--batch", str(args.batch),
            "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--iters", str(args.iters)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if channels_last if channels_last is not None else _channels_last(name, source, args.channels_last):
         cmd.append("--channels-last")
-    if unfused:
-        cmd.append("--unfused")
+    if baseline is not None:
+        cmd += ["--label", baseline[0], "--overrides", json.dumps(baseline[1])]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark of {name} failed: {proc.stderr.strip().splitlines()[-1]}")
@@ -124,13 +135,10 @@ def _rate(r: dict) -> str:
     return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
 
 
-def _accepts_fused_attn(name: str) -> bool:
-    import inspect
-
+def _same_model_baseline(name: str) -> tuple | None:
     import models
 
-    return any("fused_attn" in inspect.signature(m.__init__).parameters
-               for m in models.create(name, features_only=True).modules())
+    return FAMILY_BASELINES.get(models.family(name))
 
 
 def render_markdown(rows: list[dict], anchors: dict, yardstick: dict) -> str:
@@ -189,8 +197,9 @@ def bench_models(args) -> int:
         row = _run_isolated(name, "project", args)
         if name in TIMM_SAME:
             row["baseline"] = _run_isolated(TIMM_SAME[name], "timm", args)
-        elif _accepts_fused_attn(name):
-            row["baseline"] = _run_isolated(name, "project", args, unfused=True)
+        elif (baseline := _same_model_baseline(name)) is not None:
+            cl = baseline[2] if baseline[2] is not None else row["channels_last"]
+            row["baseline"] = _run_isolated(name, "project", args, baseline=baseline, channels_last=cl)
         rows.append(row)
         print(f"{name}: {row['params'] / 1e6:.2f}M params, {row['macs'] / 1e9:.3f} GMACs, "
               f"infer {_rate(row['infer'])} img/s, train {_rate(row['train'])} img/s", file=sys.stderr, flush=True)
@@ -229,10 +238,11 @@ def main(argv=None) -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--unfused", action="store_true", help="explicit softmax attention (fused_attn=False)")
+    parser.add_argument("--overrides", default="{}", help="model keyword overrides as JSON (a baseline)")
+    parser.add_argument("--label", help="what the overrides change, appended to the model name")
     a = parser.parse_args(argv)
     print(json.dumps(measure_one(a.name, a.source, a.batch, a.warmup, a.repeats, a.iters, a.channels_last,
-                                 a.threads, a.unfused)))
+                                 a.threads, json.loads(a.overrides), a.label)))
 
 
 if __name__ == "__main__":

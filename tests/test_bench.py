@@ -6,17 +6,18 @@ from conftest import PYTHON, run
 
 
 def test_bench_models_prints_and_writes_a_row_per_model(tmp_path):
-    proc = run([PYTHON, "-m", "pipeline", "bench", "models", "--models", "pvt_tiny", "resnet50_baseline",
+    proc = run([PYTHON, "-m", "pipeline", "bench", "models", "--models", "pvt_tiny", "resnet50_baseline", "hornet_tiny_7x7",
                 "--batch", "1", "--warmup", "1", "--repeats", "1", "--iters", "1", "--threads", "2",
                 "--out", str(tmp_path)], timeout=900)
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert [line.split(" | ")[0] for line in table[1:]] == ["| pvt_tiny", "| resnet50_baseline"]
-    assert "(explicit attention)" in table[1] and "(resnet50)" in table[2]
+    assert [line.split(" | ")[0] for line in table[1:]] == ["| pvt_tiny", "| resnet50_baseline", "| hornet_tiny_7x7"]
+    assert "(explicit attention)" in table[1] and "(resnet50)" in table[2] and "(elementwise LayerNorm)" in table[3]
     assert "official PVT v1 pvt_tiny" in table[1]
     data = json.loads((tmp_path / "models.json").read_text())
     rows = {r["model"]: r for r in data["rows"]}
     assert rows["pvt_tiny"]["params"] == 13_229_288  # PVT-Tiny, official code recount (pvt.md)
     assert rows["resnet50_baseline"]["channels_last"] is True and rows["pvt_tiny"]["channels_last"] is False
+    assert rows["hornet_tiny_7x7"]["params"] == 22_409_512  # HorNet-T 7x7, official code recount (perf-anchors.md)
     assert data["yardstick"]["infer"]["median"] > 0
     assert (tmp_path / "models.md").read_text() in proc.stdout
 

@@ -118,3 +118,27 @@ def test_official_classification_checkpoint_loads_into_dense_mode(tmp_path):
     torch.save(state, path)
     with pytest.raises(models.CheckpointError, match="stages.1.2.gnconv.pws.0.weight"):
         models.create("hornet_tiny_7x7", features_only=True, pretrained=path)
+
+
+def test_gf_checkpoint_from_224_loads_into_a_384_model(tmp_path):
+    """ImageNet GF weights (14×8 and 7×4 rfft grids) resized bilinearly to a 384 model's grids (24×13, 12×7),
+    the resize the filter applies at run time."""
+    torch.manual_seed(0)
+    small = models.create("hornet_tiny_gf").eval()
+    path = tmp_path / "hornet_tiny_gf.pth"
+    torch.save({"model": small.state_dict()}, path)
+    big = models.create("hornet_tiny_gf", img_size=384, pretrained=path).eval()
+    assert big.stages[2][0].gnconv.dwconv.complex_weight.shape[1:] == (24, 13, 2)
+    x = torch.randn(1, 3, 384, 384)
+    with torch.no_grad():
+        assert torch.allclose(big(x), small(x), atol=1e-5)  # same weights after the same resize
+
+
+def test_fused_layernorm_equals_the_official_elementwise_one():
+    torch.manual_seed(0)
+    fused = models.create("hornet_tiny_gf").eval()
+    reference = models.create("hornet_tiny_gf", fused_norm=False).eval()
+    reference.load_state_dict(fused.state_dict())  # same parameter names
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), reference(x), atol=1e-4)

@@ -12,7 +12,7 @@ from detectron2.config import instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from models.dense import mask_rcnn, retinanet
+from models.dense import cascade_mask_rcnn, mask_rcnn, retinanet, semantic_segmentor
 
 EXPECTED = {
     "pvt_tiny", "pvt_small", "pvt_medium", "pvt_large",
@@ -22,8 +22,11 @@ EXPECTED = {
     "botnet_t3", "botnet_t4", "botnet_t5", "botnet_t6", "botnet_t7",
     "hornet_tiny_7x7", "hornet_tiny_gf", "hornet_small_7x7", "hornet_small_gf", "hornet_base_7x7", "hornet_base_gf",
     "hornet_base_gf_img384", "hornet_large_7x7", "hornet_large_gf", "hornet_large_gf_img384",
+    "lvt", "lvt_cls",
+    "patchconvnet_s60", "patchconvnet_s120", "patchconvnet_b60", "patchconvnet_b120", "patchconvnet_l60",
+    "patchconvnet_l120", "patchconvnet_s60_multi", "resnet50_attnpool",
 }
-FAMILY_REPRESENTATIVES = ["pvt_tiny", "botnet50", "hornet_tiny_gf"]
+FAMILY_REPRESENTATIVES = ["pvt_tiny", "botnet50", "hornet_tiny_gf", "lvt", "patchconvnet_s60"]
 
 
 def test_registry_lists_every_variant():
@@ -77,21 +80,50 @@ def _batch(h=192, w=256):
     return [{"image": torch.rand(3, h, w) * 255, "instances": inst, "height": h, "width": w}]
 
 
-@pytest.mark.parametrize("framework", ["mask_rcnn", "retinanet"])
-@pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
-def test_detector_trains_one_step_and_predicts_on_cpu(name, framework):
-    torch.manual_seed(0)
-    builder = {"mask_rcnn": mask_rcnn, "retinanet": retinanet}[framework]
-    model = instantiate(builder(name, num_classes=80, norm="GN"))
+def _train_step_and_predict(model, batch, image):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
     with EventStorage(0):
-        losses = model(_batch())
+        losses = model(batch)
     total = sum(losses.values())
     assert torch.isfinite(total), losses
     total.backward()
     optimizer.step()
     model.eval()
     with torch.no_grad():
-        out = model([{"image": torch.rand(3, 192, 256) * 255}])
-    assert out[0]["instances"].image_size == (192, 256)
+        return losses, model([{"image": image}])[0]
+
+
+@pytest.mark.parametrize("framework", ["mask_rcnn", "retinanet"])
+@pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
+def test_detector_trains_one_step_and_predicts_on_cpu(name, framework):
+    torch.manual_seed(0)
+    builder = {"mask_rcnn": mask_rcnn, "retinanet": retinanet}[framework]
+    model = instantiate(builder(name, num_classes=80, norm="GN"))
+    _, out = _train_step_and_predict(model, _batch(), torch.rand(3, 192, 256) * 255)
+    assert out["instances"].image_size == (192, 256)
+
+
+@pytest.mark.parametrize("name", ["hornet_tiny_gf", "patchconvnet_s60"])
+def test_cascade_mask_rcnn_trains_one_step_on_cpu(name):
+    torch.manual_seed(0)
+    cfg = cascade_mask_rcnn(name, num_classes=80, norm="GN", head_norm="GN")
+    # Smoke scale: 64 proposals and RoIs per image instead of 1000 and 512 (three 4-conv heads per RoI).
+    cfg.proposal_generator.post_nms_topk = (64, 64)
+    cfg.roi_heads.batch_size_per_image = 64
+    losses, out = _train_step_and_predict(instantiate(cfg), _batch(), torch.rand(3, 192, 256) * 255)
+    assert {f"loss_box_reg_stage{i}" for i in range(3)} <= set(losses)
+    assert out["instances"].image_size == (192, 256)
+
+
+@pytest.mark.parametrize("name,head", [("lvt", "segformer"), ("hornet_tiny_7x7", "upernet"),
+                                       ("patchconvnet_s60", "upernet")])
+def test_semantic_segmentation_trains_one_step_on_cpu(name, head):
+    torch.manual_seed(0)
+    labels = torch.randint(0, 150, (128, 160))
+    labels[:16] = 255  # ignored, as ADE20K's "other" class
+    model = instantiate(semantic_segmentor(name, head, num_classes=150, head_norm="GN"))
+    batch = [{"image": torch.rand(3, 128, 160) * 255, "sem_seg": labels}]
+    losses, out = _train_step_and_predict(model, batch, torch.rand(3, 100, 130) * 255)
+    assert ("loss_aux_sem_seg" in losses) == (head == "upernet")
+    assert out["sem_seg"].shape == (150, 100, 130)
