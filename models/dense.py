@@ -141,6 +141,18 @@ def cascade_mask_rcnn(backbone: str, num_classes: int = 80, pretrained: str | No
     return model
 
 
+def panoptic_fpn(backbone: str, num_classes: int = 80, num_stuff_classes: int = 54, pretrained: str | None = None,
+                 freeze_at: int = 0, norm: str = "BN", **overrides):
+    """detectron2's Panoptic FPN (Mask R-CNN + the semantic FPN branch over COCO's 53 stuff classes + "things",
+    loss weight 0.5), with a registry backbone; LVT's COCO panoptic framework."""
+    model = _with_backbone(get_config("common/models/panoptic_fpn.py").model, backbone,
+                           [f["name"] for f in feature_info(backbone)], "fpn",
+                           pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
+    model.roi_heads.num_classes = num_classes
+    model.sem_seg_head.num_classes = num_stuff_classes
+    return model
+
+
 SEG_HEADS = {"segformer": SegFormerHead, "upernet": UperNetHead}
 
 

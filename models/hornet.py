@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 from torch import nn
 
+from models._init import trunc_normal_init
 from models._registry import build, register_model
 
 LN_EPS = 1e-6  # HorNet code: every LayerNorm uses eps 1e-6
@@ -177,11 +178,7 @@ class HorNet(nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        # HorNet code: trunc-normal(.02) on every conv and linear weight, zero biases.
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        trunc_normal_init(m, (nn.Conv2d, nn.Linear))  # HorNet code: convs too
 
     def forward_dense(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []

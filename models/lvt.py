@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
+from models._init import trunc_normal_init
 from models._registry import build, register_model
 
 
@@ -212,11 +213,8 @@ class LVT(nn.Module):
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         # Official init: trunc-normal(.02) linears, fan-out normal convs, zero biases.
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
+        trunc_normal_init(m)
+        if isinstance(m, nn.Conv2d):
             fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
             nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:

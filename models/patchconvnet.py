@@ -17,6 +17,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models._efficientnet_blocks import SqueezeExcite
 from torch import nn
 
+from models._init import trunc_normal_init
 from models._registry import build, register_model
 from models.botnet import VARIANTS as RESNET_VARIANTS
 from models.botnet import ResNet
@@ -148,20 +149,12 @@ class PatchConvNet(nn.Module):
             self.norm = nn.LayerNorm(dim, eps=LN_EPS)
             self._build_head(num_classes)
             self.feature_info = [dict(num_chs=dim, reduction=16, module="blocks", name="trunk")]
-        self.apply(self._init_weights)
+        self.apply(trunc_normal_init)  # official init; convs keep PyTorch's default
         if not features_only:
             trunc_normal_(self.cls_token, std=0.02)
 
     def _build_head(self, num_classes: int) -> None:
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        # Official init: trunc-normal(.02) linears with zero bias; convs keep PyTorch's default.
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -248,7 +241,7 @@ class ResNetAttentionPooling(ResNet):
             self.blocks_token_only = nn.ModuleList([PoolingBlock(dim, layer_scale)])
             self.norm = nn.LayerNorm(dim, eps=LN_EPS)
             for m in (self.blocks_token_only, self.fc):
-                m.apply(PatchConvNet._init_weights)
+                m.apply(trunc_normal_init)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
+from models._init import trunc_normal_init
 from models._registry import build, register_model
 
 # PVT code: block and final norms use eps 1e-6; patch-embedding and SR norms keep the default 1e-5.
@@ -174,11 +175,8 @@ class PyramidVisionTransformer(nn.Module):
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         # PVT code: trunc-normal(.02) Linear weights, zero biases, unit LN; convs keep PyTorch's default.
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
+        trunc_normal_init(m)
+        if isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

@@ -11,7 +11,7 @@ def test_bench_models_prints_and_writes_a_row_per_model(tmp_path):
                 "--out", str(tmp_path)], timeout=900)
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0] for line in table[1:]] == ["| pvt_tiny", "| resnet50_baseline", "| hornet_tiny_7x7"]
-    assert "(explicit attention)" in table[1] and "(resnet50)" in table[2] and "(elementwise LayerNorm)" in table[3]
+    assert "(explicit attention)" in table[1] and "(resnet50)" in table[2] and "(elementwise LayerNorm, channels-first)" in table[3]
     assert "official PVT v1 pvt_tiny" in table[1]
     data = json.loads((tmp_path / "models.json").read_text())
     rows = {r["model"]: r for r in data["rows"]}
@@ -26,3 +26,16 @@ def test_bench_rejects_unknown_models_in_one_line():
     proc = run([PYTHON, "-m", "pipeline", "bench", "models", "--models", "pvt_tinyy"], check=False)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "pvt_tinyy" in proc.stderr
+
+
+def test_committed_full_benchmark_lists_every_registered_variant():
+    """reports/bench/all is the whole zoo; a new variant needs a new run (`--out reports/bench/all`)."""
+    from pathlib import Path
+
+    import models
+
+    root = Path(__file__).resolve().parent.parent / "reports" / "bench" / "all"
+    data = json.loads((root / "models.json").read_text())
+    assert {r["model"] for r in data["rows"]} == set(models.list_models())
+    table = (root / "models.md").read_text()
+    assert all(f"| {name} |" in table for name in models.list_models())

@@ -12,7 +12,7 @@ from detectron2.config import instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from models.dense import cascade_mask_rcnn, mask_rcnn, retinanet, semantic_segmentor
+from models.dense import cascade_mask_rcnn, mask_rcnn, panoptic_fpn, retinanet, semantic_segmentor
 
 EXPECTED = {
     "pvt_tiny", "pvt_small", "pvt_medium", "pvt_large",
@@ -127,3 +127,16 @@ def test_semantic_segmentation_trains_one_step_on_cpu(name, head):
     losses, out = _train_step_and_predict(model, batch, torch.rand(3, 100, 130) * 255)
     assert ("loss_aux_sem_seg" in losses) == (head == "upernet")
     assert out["sem_seg"].shape == (150, 100, 130)
+
+
+def test_panoptic_fpn_trains_one_step_on_cpu():
+    torch.manual_seed(0)
+    batch = _batch()
+    stuff = torch.randint(1, 54, (192, 256))
+    stuff[batch[0]["instances"].gt_masks.tensor.any(0)] = 0  # "things" pixels are class 0 of the stuff branch
+    batch[0]["sem_seg"] = stuff
+    model = instantiate(panoptic_fpn("lvt", norm="GN"))
+    losses, out = _train_step_and_predict(model, batch, torch.rand(3, 192, 256) * 255)
+    assert {"loss_sem_seg", "loss_mask"} <= set(losses)
+    segments, info = out["panoptic_seg"]
+    assert segments.shape == (192, 256)
