@@ -11,8 +11,7 @@ import pipeline.compat  # noqa: F401  (before detectron2)
 from detectron2.config import LazyCall as L
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.model_zoo import get_config
-from detectron2.modeling import Backbone
-from detectron2.modeling import SemanticSegmentor
+from detectron2.modeling import Backbone, SemanticSegmentor
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers

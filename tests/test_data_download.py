@@ -1,0 +1,180 @@
+"""pipeline/data/download.py and extract.py against an HTTP server on 127.0.0.1 and hostile archives."""
+
+import hashlib
+import io
+import os
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from pipeline.data.download import DownloadError, Source, fetch
+from pipeline.data.extract import MARKER, ExtractError, extract
+
+PAYLOAD = os.urandom(3 * (1 << 20) + 123)  # a few chunks, not a multiple of the chunk size
+
+
+class Server:
+    """Serves `files` with Range support; `cut_once[name] = n` ends the first response after n bytes,
+    `corrupt[name] = k` flips a byte in the next k responses, `requests` records each Range header."""
+
+    def __init__(self):
+        self.files, self.cut_once, self.corrupt, self.requests = {}, {}, {}, []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                name = self.path.lstrip("/")
+                server.requests.append((name, self.headers.get("Range")))
+                if self.headers.get("Authorization") == "Basic bm86Z29vZA==":  # no:good
+                    self.send_error(403)
+                    return
+                if name not in server.files:
+                    self.send_error(404)
+                    return
+                data = bytearray(server.files[name])
+                if server.corrupt.get(name):
+                    server.corrupt[name] -= 1
+                    data[len(data) // 2] ^= 0xFF
+                start = 0
+                if (rng := self.headers.get("Range")) is not None:
+                    start = int(rng.split("=")[1].split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = bytes(data[start:])
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if (cut := server.cut_once.pop(name, None)) is not None:
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture()
+def server():
+    s = Server()
+    s.files["val.tar"] = PAYLOAD
+    yield s
+    s.httpd.shutdown()
+
+
+def _source(server, name="val.tar", **kw):
+    kw.setdefault("size", len(PAYLOAD))
+    kw.setdefault("md5", hashlib.md5(PAYLOAD).hexdigest())
+    return Source(url=f"{server.url}/{name}", filename=name, **kw)
+
+
+def test_interrupted_download_resumes_with_range(server, tmp_path):
+    server.cut_once["val.tar"] = 1_500_000
+    out = fetch(_source(server), tmp_path / "val.tar", backoff=0.01)
+    assert out.read_bytes() == PAYLOAD and not (tmp_path / "val.tar.part").exists()
+    assert server.requests[0] == ("val.tar", None)
+    assert server.requests[1][1].startswith("bytes=") and int(server.requests[1][1][6:-1]) >= 1_000_000
+
+
+def test_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
+    (tmp_path / "val.tar.part").write_bytes(PAYLOAD[:2_000_000])
+    fetch(_source(server, sha256=hashlib.sha256(PAYLOAD).hexdigest(), md5=None), tmp_path / "val.tar")
+    assert server.requests == [("val.tar", "bytes=2000000-")]
+    assert (tmp_path / "val.tar").read_bytes() == PAYLOAD
+
+
+def test_corrupt_download_is_fetched_again_once(server, tmp_path):
+    server.corrupt["val.tar"] = 1
+    assert fetch(_source(server), tmp_path / "val.tar").read_bytes() == PAYLOAD
+    assert len(server.requests) == 2
+
+
+def test_corrupt_twice_fails_with_both_hashes_and_leaves_nothing(server, tmp_path):
+    server.corrupt["val.tar"] = 2
+    bad = bytearray(PAYLOAD)
+    bad[len(bad) // 2] ^= 0xFF
+    with pytest.raises(DownloadError) as err:
+        fetch(_source(server), tmp_path / "val.tar")
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "val.tar") in msg
+    assert hashlib.md5(PAYLOAD).hexdigest() in msg and hashlib.md5(bad).hexdigest() in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_credentials_file_and_space_are_one_line_errors(server, tmp_path, monkeypatch):
+    monkeypatch.delenv("IMAGENET_AUTH", raising=False)
+    with pytest.raises(DownloadError, match="set IMAGENET_AUTH"):
+        fetch(_source(server, credentials_env="IMAGENET_AUTH"), tmp_path / "val.tar")
+    monkeypatch.setenv("IMAGENET_AUTH", "no:good")
+    with pytest.raises(DownloadError, match=r"refused access \(HTTP 403\); check the credentials in IMAGENET_AUTH"):
+        fetch(_source(server, credentials_env="IMAGENET_AUTH"), tmp_path / "val.tar")
+    with pytest.raises(DownloadError, match="not found"):
+        fetch(_source(server, "train.tar"), tmp_path / "train.tar")
+    with pytest.raises(DownloadError, match="does not exist; download it from the publisher"):
+        fetch(Source(url=str(tmp_path / "ILSVRC2012_img_val.tar"), filename="ILSVRC2012_img_val.tar"), tmp_path / "x")
+    with pytest.raises(DownloadError, match="GB free"):
+        fetch(_source(server, size=1 << 60), tmp_path / "val.tar")
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _file(name, data=b"x"):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def _link(name, target, kind):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, None
+
+
+@pytest.mark.parametrize("member", [
+    _file("../evil.txt"), _file("/tmp/evil.txt"), _file("a/../../evil.txt"),
+    _link("link", "../../outside", tarfile.SYMTYPE), _link("link", "/etc/passwd", tarfile.SYMTYPE),
+    _link("hard", "../outside", tarfile.LNKTYPE),
+], ids=["dotdot", "absolute", "nested-dotdot", "symlink-escape", "symlink-absolute", "hardlink-escape"])
+def test_malicious_tar_members_are_refused(tmp_path, member):
+    archive = _tar(tmp_path / "evil.tar.gz", [_file("ok/fine.txt"), member])
+    target = tmp_path / "box" / "out"
+    with pytest.raises(ExtractError, match="refusing"):
+        extract(archive, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box", "evil.tar.gz"]
+    assert list((tmp_path / "box").iterdir()) == []  # no target, no temporary folder left behind
+
+
+def test_malicious_zip_member_is_refused(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok.txt", "fine")
+        zf.writestr("../evil.txt", "bad")
+    with pytest.raises(ExtractError, match=r"'\.\./evil\.txt' would be written outside"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "evil.txt").exists()
+
+
+def test_extraction_is_atomic_idempotent_and_keeps_inside_links(tmp_path):
+    archive = _tar(tmp_path / "ok.tar.gz", [_file("a/b.txt", b"hello"), _link("a/c.txt", "b.txt", tarfile.SYMTYPE)])
+    out = extract(archive, tmp_path / "out")
+    assert (out / "a" / "b.txt").read_bytes() == b"hello" and (out / "a" / "c.txt").read_bytes() == b"hello"
+    assert (out / MARKER).is_file()
+    archive.unlink()  # a second call does nothing, so it needs no archive
+    assert extract(archive, tmp_path / "out") == out
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as zf:
+        zf.writestr("ADEChallengeData2016/images/validation/x.jpg", b"jpg")
+    assert (extract(tmp_path / "z.zip", tmp_path / "ade") / "ADEChallengeData2016/images/validation/x.jpg").is_file()
