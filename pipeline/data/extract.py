@@ -31,7 +31,7 @@ def _inside(name: str) -> bool:
     return norm != ".." and not norm.startswith("../")
 
 
-def _check_tar(archive: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+def check_tar(archive: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     members = tar.getmembers()
     for m in members:
         if not _inside(m.name):
@@ -52,7 +52,7 @@ def _check_tar(archive: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
 
 def _extract_tar(archive: Path, dest: Path) -> None:
     with tarfile.open(archive) as tar:
-        members = _check_tar(archive, tar)
+        members = check_tar(archive, tar)
         # The "data" filter re-checks every member on extraction (paths, links, modes) as a second guard.
         tar.extractall(dest, members=members, filter="data")
 
