@@ -82,6 +82,12 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
             if len(mapped) == 1:
                 origin[next(iter(mapped))] = key
     expected = model.state_dict()
+    # Layers a mode adds on top of the checkpoint's network (e.g. a dense model's output norms) may be absent:
+    # they keep their init, as fine-tuning from ImageNet weights does.
+    new_layers = tuple(getattr(model, "new_layers", ()))
+    for key, value in expected.items():
+        if key.startswith(new_layers) and key not in state:
+            state[key] = value
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(origin.get(k, k) for k in set(state) - set(expected))
     if missing or unexpected:

@@ -156,7 +156,7 @@ SEG_HEADS = {"segformer": SegFormerHead, "upernet": UperNetHead}
 
 
 def semantic_segmentor(backbone: str, head: str, num_classes: int = 150, pretrained: str | None = None,
-                       freeze_at: int = 0, norm: str = "BN", head_norm: str = "SyncBN", aux: bool | None = None,
+                       freeze_at: int = 0, norm: str = "BN", head_norm: str = "SyncBN", aux: bool = True,
                        **overrides):
     """detectron2's `SemanticSegmentor` with a registry backbone (all four levels) and a decode head:
     "segformer" (LVT's ADE20K head) or "upernet" (HorNet's and PatchConvNet's; with the auxiliary FCN head on
@@ -166,7 +166,7 @@ def semantic_segmentor(backbone: str, head: str, num_classes: int = 150, pretrai
     info = feature_info(backbone)
     shapes = {f["name"]: ShapeSpec(channels=f["num_chs"], stride=f["reduction"]) for f in info}
     head_kwargs = dict(input_shape=shapes, num_classes=num_classes, norm=head_norm)
-    if head == "upernet" and aux is not False:
+    if head == "upernet" and aux:
         head_kwargs["aux_feature"] = info[2]["name"]
     return L(SemanticSegmentor)(
         backbone=L(RegistryBackbone)(name=backbone, pretrained=pretrained, freeze_at=freeze_at, norm=norm,

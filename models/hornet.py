@@ -171,6 +171,9 @@ class HorNet(nn.Module):
         if features_only:
             for i, d in enumerate(dims):
                 self.add_module(f"norm{i}", norm2d(d, fused_norm))
+            # An ImageNet checkpoint has no output norms: the loader keeps them at their init (the official
+            # detection/segmentation code loads classification weights non-strictly for this reason).
+            self.new_layers = ("norm0.", "norm1.", "norm2.", "norm3.")
         else:
             self.norm = nn.LayerNorm(dims[-1], eps=LN_EPS)
             self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
@@ -219,16 +222,14 @@ def checkpoint_filter_fn(state_dict: dict, model: HorNet) -> dict:
             continue
         out[key] = value
     # GF weights trained at another resolution are resized to this model's grid, as the filter itself does.
-    expected = model.state_dict()
     for key, value in out.items():
-        if key.endswith("complex_weight") and key in expected and value.shape != expected[key].shape:
-            out[key] = resize_complex_weight(value, expected[key].shape[1:3])
-    if model.features_only:
-        # An ImageNet checkpoint has no output norms: they are new layers of the dense model, kept at their init
-        # (the official detection/segmentation code loads classification weights non-strictly for this reason).
-        for key, value in model.state_dict().items():
-            if key.split(".")[0] in ("norm0", "norm1", "norm2", "norm3"):
-                out.setdefault(key, value)
+        if key.endswith("complex_weight"):
+            try:
+                grid = model.get_parameter(key).shape[1:3]
+            except AttributeError:  # not in this model: reported as unexpected
+                continue
+            if value.shape[1:3] != grid:
+                out[key] = resize_complex_weight(value, grid)
     return out
 
 

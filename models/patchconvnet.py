@@ -69,6 +69,32 @@ class PoolingBlock(nn.Module):
         return cls + self.gamma_2 * self.mlp(self.norm2(cls))
 
 
+class AttentionPooled:
+    """The attention-pooling head over a trunk's (B, D, H, W) map from `forward_trunk`: class token(s), one
+    pooling block, LN. Shared by PatchConvNet and the ResNet-50 that pools the same way."""
+
+    def _build_pooling(self, dim: int, layer_scale: float, num_queries: int = 1) -> None:
+        self.cls_token = nn.Parameter(torch.zeros(1, num_queries, dim))
+        trunc_normal_(self.cls_token, std=0.02)
+        self.blocks_token_only = nn.ModuleList([PoolingBlock(dim, layer_scale, num_queries)])
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The class token(s) after pooling and the final LN: (B, num_queries, D)."""
+        tokens = self.forward_trunk(x).flatten(2).transpose(1, 2)
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        for block in self.blocks_token_only:
+            cls = block(tokens, cls)
+        return self.norm(torch.cat([cls, tokens], dim=1))[:, : cls.shape[1]]
+
+    def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention-pooling weights of each class query over the keys, (B, num_queries, keys): with one class
+        token the keys are [cls, patches in raster order]; with per-class tokens, the patches only. Each row
+        sums to 1. Reshape the patch part to (H/16, W/16) to view it."""
+        self.forward_pooled(x)
+        return self.blocks_token_only[-1].attn.last_attention.mean(1)
+
+
 class ConvStem(nn.Module):
     """Four 3×3 stride-2 convs without bias or norm, GELU between them: 3 -> D/8 -> D/4 -> D/2 -> D (§A.1)."""
 
@@ -117,7 +143,7 @@ class PatchConvNetVariant:
     num_queries: int = 1
 
 
-class PatchConvNet(nn.Module):
+class PatchConvNet(AttentionPooled, nn.Module):
     """Columnar convnet on 16×16 patches (stride 16 throughout) + one attention-pooling block + LN + linear head.
 
     Dense mode (detection/segmentation; not in the official code, the paper's detection setup was not available):
@@ -141,17 +167,14 @@ class PatchConvNet(nn.Module):
             self.fpn2 = nn.ConvTranspose2d(dim, dim, 2, 2)
             self.fpn3 = nn.Identity()
             self.fpn4 = nn.MaxPool2d(2, 2)
+            self.new_layers = ("fpn1.", "fpn2.")  # not in ImageNet checkpoints: kept at their init
             self.feature_info = [dict(num_chs=dim, reduction=r, module=f"fpn{i + 1}", name=f"p{i + 1}")
                                  for i, r in enumerate((4, 8, 16, 32))]
         else:
-            self.cls_token = nn.Parameter(torch.zeros(1, variant.num_queries, dim))
-            self.blocks_token_only = nn.ModuleList([PoolingBlock(dim, variant.layer_scale, variant.num_queries)])
-            self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+            self._build_pooling(dim, variant.layer_scale, variant.num_queries)
             self._build_head(num_classes)
             self.feature_info = [dict(num_chs=dim, reduction=16, module="blocks", name="trunk")]
         self.apply(trunc_normal_init)  # official init; convs keep PyTorch's default
-        if not features_only:
-            trunc_normal_(self.cls_token, std=0.02)
 
     def _build_head(self, num_classes: int) -> None:
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -174,21 +197,6 @@ class PatchConvNet(nn.Module):
             if i in self.out_indices:
                 taps.append(x)
         return [fpn(t) for fpn, t in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), taps)]
-
-    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """The class token(s) after pooling and the final LN: (B, num_queries, D)."""
-        tokens = self.forward_trunk(x).flatten(2).transpose(1, 2)
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        for block in self.blocks_token_only:
-            cls = block(tokens, cls)
-        return self.norm(torch.cat([cls, tokens], dim=1))[:, : cls.shape[1]]
-
-    def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """Attention-pooling weights of each class query over the keys, (B, num_queries, keys): with one class
-        token the keys are [cls, patches in raster order]; with per-class tokens, the patches only. Each row
-        sums to 1. Reshape the patch part to (H/16, W/16) to view it."""
-        self.forward_pooled(x)
-        return self.blocks_token_only[-1].attn.last_attention.mean(1)
 
     def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.head(pooled[:, 0])
@@ -227,7 +235,7 @@ class PatchConvNetMulti(PatchConvNet):
         return self.head(pooled)
 
 
-class ResNetAttentionPooling(ResNet):
+class ResNetAttentionPooling(AttentionPooled, ResNet):
     """ResNet-50 whose global average pooling is replaced by the PatchConvNet pooling block on the 2048-channel
     c5 tokens (one class token, one head, MLP ratio 3), then LN and the linear head."""
 
@@ -235,20 +243,13 @@ class ResNetAttentionPooling(ResNet):
                  **kwargs):
         super().__init__(variant, num_classes, features_only, **kwargs)
         if not features_only:
-            dim = self.num_features
-            self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-            trunc_normal_(self.cls_token, std=0.02)
-            self.blocks_token_only = nn.ModuleList([PoolingBlock(dim, layer_scale)])
-            self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+            self._build_pooling(self.num_features, layer_scale)
             for m in (self.blocks_token_only, self.fc):
                 m.apply(trunc_normal_init)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | {"cls_token"}
-
-    forward_pooled = PatchConvNet.forward_pooled
-    attention_maps = PatchConvNet.attention_maps
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_dense(x)[-1]
@@ -276,8 +277,8 @@ VARIANTS = {
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Official PatchConvNet checkpoints (`patch_embed.proj.{0,2,4,6}.0`, `blocks.{i}.attn.qkv_pos`,
-    `blocks_token_only`, multi-token `head.{c}`). A dense model takes the trunk and keeps its new rescaling
-    layers (`fpn1..4`) at their init, as detection fine-tuning from ImageNet weights does."""
+    `blocks_token_only`, multi-token `head.{c}`). A dense model takes the trunk; the loader keeps its new
+    rescaling layers (`new_layers`) at their init, as detection fine-tuning from ImageNet weights does."""
     if isinstance(model, ResNet):
         pooling = {k: v for k, v in state_dict.items() if k.startswith(("cls_token", "blocks_token_only.", "norm."))}
         trunk = resnet_filter({k: v for k, v in state_dict.items() if k not in pooling}, model)
@@ -289,10 +290,6 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
         if (m := re.fullmatch(r"head\.(\d+)\.(weight|bias)", key)) is not None:
             key = f"head.heads.{m.group(1)}.{m.group(2)}"
         out[key] = value
-    if model.features_only:
-        for key, value in model.state_dict().items():
-            if key.startswith(("fpn1.", "fpn2.")):
-                out.setdefault(key, value)
     return out
 
 

@@ -196,11 +196,9 @@ def bench_models(args) -> int:
     rows = []
     for name in names:
         row = _run_isolated(name, "project", args)
-        if not args.baselines:
-            pass
-        elif name in TIMM_SAME:
+        if args.baselines and name in TIMM_SAME:
             row["baseline"] = _run_isolated(TIMM_SAME[name], "timm", args)
-        elif (baseline := _same_model_baseline(name)) is not None:
+        elif args.baselines and (baseline := _same_model_baseline(name)) is not None:
             cl = baseline[2] if baseline[2] is not None else row["channels_last"]
             row["baseline"] = _run_isolated(name, "project", args, baseline=baseline, channels_last=cl)
         rows.append(row)

@@ -9,6 +9,7 @@ Local paths and file:// URLs are verified in place, never copied.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import logging
@@ -70,8 +71,6 @@ def _request(source: Source, start: int) -> urllib.request.Request:
             raise DownloadError(f"{source.filename}: {source.url} needs a login; set {source.credentials_env} "
                                 "to 'user:password' or a token (or point the config at a local copy)")
         if ":" in secret:
-            import base64
-
             req.add_header("Authorization", "Basic " + base64.b64encode(secret.encode()).decode())
         else:
             req.add_header("Authorization", f"Bearer {secret}")
@@ -157,18 +156,17 @@ def fetch(source: Source, dest: Path, retries: int = 5, backoff: float = 1.0, ti
         verify(dest, source)
         return dest
     part = dest.with_name(dest.name + ".part")
-    for attempt in range(2):
+    for fresh_retry in (False, True):
         _check_space(dest, (source.size or 0) - (part.stat().st_size if part.exists() else 0))
         _download(source, part, retries, backoff, timeout)
         try:
             verify(part, source)
         except DownloadError as e:
             part.unlink()
-            if attempt == 1:
+            if fresh_retry:
                 raise DownloadError(str(e).replace(str(part), str(dest)) + " (after a fresh re-download); the "
                                     "source or its listed hash is wrong") from None
             log.warning("%s; deleted, downloading again", e)
-            continue
-        os.replace(part, dest)
-        return dest
-    raise AssertionError("unreachable")
+        else:
+            os.replace(part, dest)
+            return dest

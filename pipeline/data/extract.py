@@ -14,6 +14,8 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 MARKER = ".extracted"
@@ -73,6 +75,23 @@ def _extract_zip(archive: Path, dest: Path) -> None:
         zf.extractall(dest, members=infos)
 
 
+@contextmanager
+def staged_dir(target: Path, marker_text: str = "done") -> Iterator[Path]:
+    """A temporary folder beside `target` to fill; when the block succeeds it gets the completion marker and
+    replaces `target` (a partial tree left by an interrupted run included); otherwise it is removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        (tmp / MARKER).write_text(f"{marker_text}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def extract(archive: Path, target: Path) -> Path:
     """Unpack `archive` so that its members lie under `target`; a no-op when `target` is already complete."""
     archive, target = Path(archive), Path(target)
@@ -80,23 +99,14 @@ def extract(archive: Path, target: Path) -> Path:
         return target
     if not archive.is_file():
         raise ExtractError(f"{archive}: archive not found")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        name = archive.name.lower()
-        if name.endswith(".zip"):
-            _extract_zip(archive, tmp)
-        elif tarfile.is_tarfile(archive):
-            _extract_tar(archive, tmp)
-        else:
-            raise ExtractError(f"{archive}: not a tar, tar.gz or zip archive")
-        (tmp / MARKER).write_text(f"{archive.name}\n")
-        if target.exists():  # an earlier, interrupted run left a partial tree without a marker
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        with staged_dir(target, archive.name) as tmp:
+            if archive.name.lower().endswith(".zip"):
+                _extract_zip(archive, tmp)
+            elif tarfile.is_tarfile(archive):
+                _extract_tar(archive, tmp)
+            else:
+                raise ExtractError(f"{archive}: not a tar, tar.gz or zip archive")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
         raise ExtractError(f"{archive}: unreadable archive ({e}); delete it and download it again") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return target

@@ -10,16 +10,15 @@ per-class tars nested in the train archive), `val/<wnid>/*.JPEG` (sorted by the 
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.data.extract import MARKER, ExtractError, check_tar
+from pipeline.data.extract import MARKER, ExtractError, check_tar, staged_dir
+from pipeline.io import atomic_write_text
 
 DEVKIT_META = "ILSVRC2012_devkit_t12/data/meta.mat"
 DEVKIT_VAL_GT = "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt"
@@ -59,21 +58,13 @@ def read_devkit(devkit: Path) -> tuple[list[ImageNetClass], list[int]]:
     return classes, [int(x) - 1 for x in gt]
 
 
-def _publish(tmp: Path, target: Path) -> None:
-    (tmp / MARKER).write_text("done\n")
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-
-
 def prepare_train(train_tar: Path, target: Path, classes: list[ImageNetClass]) -> Path:
     """`train/<wnid>/` from the outer archive of per-class tars; atomic, and a no-op once complete."""
     if (target / MARKER).is_file():
         return target
     train_tar = _require(train_tar, "ILSVRC2012_img_train.tar")
     wnids = {c.wnid for c in classes}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_dir(target, train_tar.name) as tmp:
         seen = set()
         with tarfile.open(train_tar) as outer:
             members = check_tar(train_tar, outer)
@@ -89,10 +80,6 @@ def prepare_train(train_tar: Path, target: Path, classes: list[ImageNetClass]) -
         if seen != wnids:
             raise ExtractError(f"{train_tar}: {len(wnids - seen)} classes missing, e.g. {sorted(wnids - seen)[0]}; "
                                f"the archive is incomplete, {WHERE}")
-        _publish(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return target
 
 
@@ -102,8 +89,7 @@ def prepare_val(val_tar: Path, target: Path, classes: list[ImageNetClass], label
     if (target / MARKER).is_file():
         return target
     val_tar = _require(val_tar, "ILSVRC2012_img_val.tar")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_dir(target, val_tar.name) as tmp:
         with tarfile.open(val_tar) as tar:
             members = sorted((m for m in check_tar(val_tar, tar) if m.isfile()), key=lambda m: m.name)
             if len(members) != len(labels):
@@ -114,17 +100,11 @@ def prepare_val(val_tar: Path, target: Path, classes: list[ImageNetClass], label
                 out.parent.mkdir(exist_ok=True)
                 with tar.extractfile(m) as src, open(out, "wb") as dst:
                     shutil.copyfileobj(src, dst)
-        _publish(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return target
 
 
 def write_classes(classes: list[ImageNetClass], path: Path) -> None:
     """`classes.tsv`: index, wnid and names per class, the index <-> wnid <-> name mapping."""
-    from pipeline.io import atomic_write_text
-
     atomic_write_text(path, "index\twnid\tnames\n" + "".join(f"{c.index}\t{c.wnid}\t{c.names}\n" for c in classes))
 
 
