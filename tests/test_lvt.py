@@ -31,8 +31,7 @@ def test_macs_match_official_code(name):
 @pytest.mark.parametrize("name", ["lvt", "lvt_cls"])
 def test_dense_backbone_is_the_3_43m_downstream_backbone(name):
     dense = models.create(name, features_only=True)
-    assert count_params(dense) == BACKBONE_PARAMS
-    assert round(BACKBONE_PARAMS / 1e6, 2) == 3.43  # README: 3.4M backbone; issue: 3.43M
+    assert count_params(dense) == BACKBONE_PARAMS  # 3.43M (README: 3.4M backbone)
     feats = dense(torch.randn(1, 3, 200, 300))  # sizes that do not divide by 32
     assert [(f.shape[1], *f.shape[-2:]) for f in feats] == [(64, 50, 75), (64, 25, 38), (160, 13, 19), (256, 7, 10)]
 
