@@ -18,7 +18,7 @@ from detectron2.data import transforms as T
 from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 
 from models import read_checkpoint
-from pipeline.detection import register_coco
+from pipeline.data.register import register_coco
 from pipeline.finetune import FinetuneConfig, build_model
 from pipeline.io import atomic_write_json
 from pipeline.logs import setup_logging
@@ -46,7 +46,8 @@ def evaluate(checkpoint: str, coco: str, split: str, metrics_out: str, work_dir:
     model.load_state_dict(read_checkpoint(checkpoint))
     model.roi_heads.box_predictor.test_score_thresh = score_thresh
     model.eval()
-    dataset = register_coco(coco, split)
+    register_coco(coco)
+    dataset = f"coco_2017_{split}"
     mapper = DatasetMapper(is_train=False, image_format="RGB",
                            augmentations=[T.ResizeShortestEdge(cfg.min_size, cfg.max_size)])
     loader = build_detection_test_loader(dataset=get_detection_dataset_dicts([dataset], filter_empty=False),

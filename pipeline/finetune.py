@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from models import CheckpointError
 from models.dense import mask_rcnn
-from pipeline.detection import AtomicCheckpointer, register_coco
+from pipeline.data.register import register_coco
+from pipeline.detection import AtomicCheckpointer
 from pipeline.io import atomic_torch_save, claim_work_dir, weights_digest
 from pipeline.cli import parse_settings
 from pipeline.logs import setup_logging
@@ -108,7 +109,8 @@ def finetune(cfg: FinetuneConfig) -> None:
     fingerprint = {k: v for k, v in asdict(cfg).items() if k not in ("work_dir", "output", "log", "pretrained")}
     fingerprint["pretrained_weights_sha256"] = weights_digest(cfg.pretrained) if cfg.pretrained else None
     claim_work_dir(cfg.work_dir, fingerprint, log)
-    train_set = register_coco(cfg.coco, "train")
+    register_coco(cfg.coco)
+    train_set = "coco_2017_train"
     model = build_model(cfg)
     model.train()
     optimizer = torch.optim.AdamW(get_default_optimizer_params(model, weight_decay=cfg.weight_decay,

@@ -32,6 +32,7 @@ from tqdm import tqdm
 import models
 from pipeline.io import atomic_torch_save, atomic_write_json, claim_work_dir
 from pipeline.cli import parse_settings
+from pipeline.data.imagenet import read_classes
 from pipeline.logs import setup_logging
 
 
@@ -63,16 +64,15 @@ class TrainingError(Exception):
 
 
 class ImageNetFolder(Dataset):
-    """`<root>/<split>/<wnid>/*.JPEG` with targets in the 1000-class index of `<root>/classes.json`."""
+    """`<root>/<split>/<wnid>/*.JPEG` with targets in the 1000-class index of `<root>/classes.tsv`."""
 
     def __init__(self, root: Path, split: str, transform):
-        classes = json.loads((root / "classes.json").read_text())
-        wnid_to_index = {c["wnid"]: c["index"] for c in classes}
+        wnid_to_index = {c.wnid: c.index for c in read_classes(root / "classes.tsv")}
         self.folder = ImageFolder(str(root / split))
         unknown = sorted(set(self.folder.classes) - set(wnid_to_index))
         if unknown:
             raise TrainingError(f"{root / split}: class folders {unknown[:5]} are not ImageNet-1k wnids "
-                                f"listed in {root / 'classes.json'}")
+                                f"listed in {root / 'classes.tsv'}")
         self.targets = [wnid_to_index[self.folder.classes[t]] for _, t in self.folder.samples]
         self.transform = transform
         self.epoch_seed = 0

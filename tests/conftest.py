@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,17 +21,40 @@ def run(cmd, cwd=ROOT, check=True, timeout=900, env=None, **kw):
     return proc
 
 
+def job_counts(stdout: str) -> dict[str, int]:
+    """Jobs per rule from the "Job stats" table Snakemake prints."""
+    counts = {}
+    for line in stdout.split("Job stats:")[1].splitlines():
+        m = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
 @pytest.fixture(scope="session")
 def root():
     return ROOT
 
 
+def acquire(dataset: str, data_root: Path) -> Path:
+    """Every data step for one dataset, in the Snakefile's order, through the step commands' entry point."""
+    from pipeline.data import sources
+    from pipeline.data.__main__ import main
+
+    ds = sources.dataset(dataset, str(data_root))
+    steps = [["publish", dataset]] if ds.embedded else []
+    for src in ds.sources.values():
+        steps += [[step, dataset, src.filename] for step in ("download", "verify", "extract")]
+    for step in steps + [["prepare", dataset]]:
+        assert main([*step, "--data-root", str(data_root)]) == 0, step
+    return Path(sources.prepared(str(data_root), dataset))
+
+
 @pytest.fixture(scope="session")
 def embedded_data(tmp_path_factory):
-    """The embedded ImageNet and COCO sets, built once per session by the real builder."""
-    from pipeline.data.embedded import prepare
-
-    out = tmp_path_factory.mktemp("embedded")
-    for name in ("imagenet", "coco"):
-        prepare(name, out / f"{name}-embedded", out / f"{name}-embedded.manifest.json")
+    """The embedded ImageNet, COCO and ADE20K sets, published, downloaded, verified, extracted and prepared
+    once per session by the pipeline's own steps."""
+    out = tmp_path_factory.mktemp("data")
+    for name in ("imagenet", "coco", "ade20k"):
+        acquire(f"{name}-embedded", out)
     return out

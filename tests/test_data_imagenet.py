@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from pipeline.data.extract import ExtractError
-from pipeline.data.imagenet import DEVKIT_META, DEVKIT_VAL_GT, prepare, read_devkit
+from pipeline.data.extract import ExtractError, extract
+from pipeline.data.imagenet import (DEVKIT_META, DEVKIT_VAL_GT, extract_train, prepare, read_classes,
+                                    read_devkit)
 
 # Three leaf classes (ILSVRC2012_ID 1..3 in wnid order, as in the real devkit) and one parent synset.
 SYNSETS = [(1, "n01440764", "tench, Tinca tinca", 0), (2, "n01443537", "goldfish, Carassius auratus", 0),
@@ -51,16 +52,26 @@ def _train(path, wnids=("n01440764", "n01443537", "n01484850")):
     return path
 
 
+def _extracted(tmp_path, train=None, val=None):
+    """The three archives through the extraction step: nested train tars, flat val, devkit."""
+    out = tmp_path / "extracted"
+    return {"train": extract_train(train or _train(tmp_path / "train.tar"), out / "train"),
+            "val": extract(val or _val(tmp_path / "val.tar"), out / "val"),
+            "devkit": extract(_devkit(tmp_path / "devkit.tar.gz"), out / "devkit")}
+
+
+EXPECT = {"train": 6, "val": 5, "classes": 3}
+
+
 def test_devkit_gives_the_class_mapping_and_val_labels(tmp_path):
-    classes, labels = read_devkit(_devkit(tmp_path / "ILSVRC2012_devkit_t12.tar.gz"))
+    classes, labels = read_devkit(extract(_devkit(tmp_path / "devkit.tar.gz"), tmp_path / "devkit"))
     assert [(c.index, c.wnid) for c in classes] == [(0, "n01440764"), (1, "n01443537"), (2, "n01484850")]
     assert classes[1].names == "goldfish, Carassius auratus"
     assert labels == [1, 0, 2, 2, 0]
 
 
 def test_prepare_reorganises_val_unpacks_nested_train_and_is_idempotent(tmp_path):
-    root = prepare(_train(tmp_path / "train.tar"), _val(tmp_path / "val.tar"),
-                   _devkit(tmp_path / "devkit.tar.gz"), tmp_path / "imagenet")
+    root = prepare(_extracted(tmp_path), tmp_path / "imagenet", EXPECT)
     val = {p.relative_to(root / "val").as_posix() for p in (root / "val").rglob("*.JPEG")}
     assert val == {"n01443537/ILSVRC2012_val_00000001.JPEG", "n01440764/ILSVRC2012_val_00000002.JPEG",
                    "n01484850/ILSVRC2012_val_00000003.JPEG", "n01484850/ILSVRC2012_val_00000004.JPEG",
@@ -68,20 +79,20 @@ def test_prepare_reorganises_val_unpacks_nested_train_and_is_idempotent(tmp_path
     assert (root / "val/n01443537/ILSVRC2012_val_00000001.JPEG").read_bytes() == b"val1"
     assert sorted(p.name for p in (root / "train/n01484850").iterdir()) == ["n01484850_0.JPEG", "n01484850_1.JPEG"]
     assert (root / "classes.tsv").read_text().splitlines()[1] == "0\tn01440764\ttench, Tinca tinca"
-    before = {p: p.stat().st_mtime_ns for p in root.rglob("*.JPEG")}
-    prepare(tmp_path / "train.tar", tmp_path / "val.tar", tmp_path / "devkit.tar.gz", root)
-    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.JPEG")} == before
+    assert read_classes(root / "classes.tsv")[2] == read_devkit(tmp_path / "extracted" / "devkit")[0][2]
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    prepare(_extracted(tmp_path), root, EXPECT)
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
 
 
 def test_wrong_or_missing_archives_say_where_to_get_them(tmp_path):
-    devkit = _devkit(tmp_path / "devkit.tar.gz")
-    with pytest.raises(ExtractError, match="ILSVRC2012_img_val.tar not found; download it from https://image-net"):
-        prepare(tmp_path / "train.tar", tmp_path / "missing.tar", devkit, tmp_path / "a")
-    with pytest.raises(ExtractError, match="4 images but the devkit labels 5"):
-        prepare(tmp_path / "train.tar", _val(tmp_path / "val4.tar", 4), devkit, tmp_path / "b")
-    with pytest.raises(ExtractError, match="1 classes missing, e.g. n01484850; the archive is incomplete"):
-        prepare(_train(tmp_path / "train2.tar", ("n01440764", "n01443537")), _val(tmp_path / "val.tar"), devkit,
-                tmp_path / "c")
-    assert not (tmp_path / "c" / "train").exists()
+    with pytest.raises(ExtractError, match="4 images but the devkit labels 5; is this ILSVRC2012_img_val.tar"):
+        prepare(_extracted(tmp_path, val=_val(tmp_path / "val4.tar", 4)), tmp_path / "a", EXPECT)
+    with pytest.raises(ExtractError, match="2 training classes, the published count is 3; an archive is incomplete"):
+        prepare(_extracted(tmp_path / "b", train=_train(tmp_path / "train2.tar", ("n01440764", "n01443537"))),
+                tmp_path / "b" / "imagenet", EXPECT)
+    assert not (tmp_path / "b" / "imagenet").exists()
+    with pytest.raises(ExtractError, match="unexpected member 'ILSVRC2012_val_00000005.JPEG'.*download it from"):
+        extract_train(_val(tmp_path / "val.tar"), tmp_path / "c")
     with pytest.raises(ExtractError, match="not the ILSVRC2012 development kit"):
-        read_devkit(_val(tmp_path / "notadevkit.tar"))
+        read_devkit(extract(_val(tmp_path / "notadevkit.tar"), tmp_path / "d"))

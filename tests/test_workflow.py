@@ -1,27 +1,18 @@
 """Snakefile, dvc.yaml, environment files and set-up: they agree with each other and with the config."""
 
-import re
 import subprocess
 from pathlib import Path
 
-from conftest import BIN, PYTHON, ROOT, run
+from conftest import BIN, PYTHON, ROOT, job_counts, run
 from pipeline import dvcgen, registry
-
-
-def _job_counts(stdout: str) -> dict[str, int]:
-    table = stdout.split("Job stats:")[1]
-    counts = {}
-    for line in table.splitlines():
-        m = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
-        if m and m.group(1) != "total":
-            counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 def test_dry_run_demo_lists_the_whole_dag(tmp_path):
     proc = run([BIN / "snakemake", "--profile", "profiles/local", "-n", "demo", "--config",
                 f"data_root={tmp_path}", "--directory", str(ROOT)])
-    assert _job_counts(proc.stdout) == {"prepare_embedded": 3, "pretrain": 1, "finetune": 1, "evaluate": 1,
+    # 3 embedded sets published as their 1 + 4 + 3 official archives, each downloaded, verified and extracted.
+    assert job_counts(proc.stdout) == {"publish_embedded": 3, "download": 8, "verify": 8, "extract": 8,
+                                        "prepare": 3, "pretrain": 1, "finetune": 1, "evaluate": 1,
                                         "report_demo": 1, "demo": 1}
     for path in ("results/pretrain/imagenet-embedded/pvt_tiny/demo/model.pth",
                  "results/finetune/coco-embedded/mask_rcnn/pvt_tiny/demo/model_final.pth",

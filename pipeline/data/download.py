@@ -1,10 +1,13 @@
 """Resumable, verified downloads of dataset archives.
 
-`fetch(source, dest)` downloads `source.url` to `dest`: it resumes a partial `dest.part` with an HTTP Range
-request, retries transient failures with exponential back-off, shows a progress bar (bytes and rate), checks
-the free disk space first, and verifies the publisher's checksum. A checksum mismatch deletes the file and
-fetches it once more from scratch; a second mismatch is a `DownloadError` naming the file and both hashes.
-Local paths and file:// URLs are verified in place, never copied.
+Two steps, which the Snakefile runs as separate jobs and `fetch` runs back to back:
+
+- `download(source, dest)` resumes a partial `dest.part` with an HTTP Range request, retries transient failures
+  with exponential back-off, shows a progress bar (bytes and rate) and checks the free disk space first. A
+  local path or file:// URL is not copied: `dest` becomes a symbolic link to it.
+- `verify_or_refetch(source, dest)` checks the publisher's size and checksum (given in config, or listed in a
+  published SHA256SUMS file). A mismatch deletes the file and downloads it once more from scratch; a second
+  mismatch is a `DownloadError` naming the file, the expected and the actual hash.
 """
 
 from __future__ import annotations
@@ -37,20 +40,52 @@ class DownloadError(Exception):
 class Source:
     """One published file: where it is, its name, and its size and hash as the publisher lists them."""
 
-    url: str
+    url: str | None
     filename: str
     size: int | None = None
     md5: str | None = None
     sha256: str | None = None
     # Environment variables holding "user:password" or a bearer token for hosts that need a login.
     credentials_env: str | None = None
+    # A published checksum list in `sha256sum` format (URL or path), for sources whose hash is not in config.
+    checksums: str | None = None
+
+    @property
+    def local(self) -> Path | None:
+        """The file a local path or file:// URL names; None for remote URLs."""
+        if self.url is None:
+            return None
+        parsed = urllib.parse.urlparse(self.url)
+        if parsed.scheme == "file":
+            return Path(urllib.parse.unquote(parsed.path))
+        return Path(self.url).expanduser() if parsed.scheme == "" else None
 
     def checksum(self) -> tuple[str, str] | None:
         if self.sha256:
             return "sha256", self.sha256.lower()
         if self.md5:
             return "md5", self.md5.lower()
+        if self.checksums:
+            return "sha256", _listed_sha256(self.checksums, self.filename)
         return None
+
+
+def _listed_sha256(listing: str, filename: str) -> str:
+    """The hash `listing` (a `sha256sum`-format file: "<hex>  <name>" per line) gives for `filename`."""
+    try:
+        parsed = urllib.parse.urlparse(listing)
+        if parsed.scheme in ("http", "https"):
+            with urllib.request.urlopen(listing, timeout=60) as resp:
+                text = resp.read().decode()
+        else:
+            text = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else listing).read_text()
+    except (OSError, urllib.error.URLError) as e:
+        raise DownloadError(f"{filename}: cannot read its checksum list {listing} ({e})") from None
+    for line in text.splitlines():
+        parts = line.split(maxsplit=1)
+        if len(parts) == 2 and parts[1].lstrip("*").strip() == filename:
+            return parts[0].lower()
+    raise DownloadError(f"{filename}: not listed in {listing}; re-publish the archives or fix the file name")
 
 
 def file_hash(path: Path, algorithm: str) -> str:
@@ -140,33 +175,58 @@ def verify(path: Path, source: Source) -> None:
             raise DownloadError(f"{path}: {expected[0]} mismatch: expected {expected[1]}, got {actual}")
 
 
-def fetch(source: Source, dest: Path, retries: int = 5, backoff: float = 1.0, timeout: float = 60.0) -> Path:
-    """Download (or locate) `source` as `dest`, verified. Returns the verified file's path."""
-    parsed = urllib.parse.urlparse(source.url)
-    if parsed.scheme in ("", "file"):
-        local = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else source.url).expanduser()
-        if not local.is_file():
-            raise DownloadError(f"{source.filename}: {local} does not exist; download it from the publisher and "
-                                "set its path in the dataset's sources in config")
-        verify(local, source)
-        return local
+def download(source: Source, dest: Path, retries: int = 5, backoff: float = 1.0, timeout: float = 60.0) -> Path:
+    """Put `source` at `dest`: downloaded (resuming `dest.part`), or a symbolic link to a local copy."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if source.url is None:
+        raise DownloadError(f"{source.filename}: no url in config/datasets.yaml; download it from the publisher and "
+                            "set its url to the local path")
+    if (local := source.local) is not None:
+        if not local.is_file():
+            raise DownloadError(f"{source.filename}: {local} does not exist; download it from the publisher and "
+                                "set its path in the dataset's sources in config/datasets.yaml")
+        link = dest.with_name(f".{dest.name}.link")
+        link.unlink(missing_ok=True)
+        link.symlink_to(local.resolve())
+        os.replace(link, dest)
+        return dest
     if dest.is_file():
-        verify(dest, source)
         return dest
     part = dest.with_name(dest.name + ".part")
-    for fresh_retry in (False, True):
-        _check_space(dest, (source.size or 0) - (part.stat().st_size if part.exists() else 0))
-        _download(source, part, retries, backoff, timeout)
+    _check_space(dest, (source.size or 0) - (part.stat().st_size if part.exists() else 0))
+    _download(source, part, retries, backoff, timeout)
+    if source.size is not None and part.stat().st_size != source.size:
+        size = part.stat().st_size
+        part.unlink()
+        raise DownloadError(f"{dest}: the server sent {size} bytes, expected {source.size}; deleted, run again")
+    os.replace(part, dest)
+    return dest
+
+
+def verify_or_refetch(source: Source, dest: Path, **download_kw) -> tuple[str, str] | None:
+    """Check `dest` against the published size and hash; on a mismatch delete it, download it once more and
+    check again. Returns the (algorithm, hash) verified, or None when the source publishes no checksum."""
+    dest = Path(dest)
+    try:
+        verify(dest, source)
+    except DownloadError as e:
+        if source.local is not None:
+            raise DownloadError(f"{e}; the local copy {source.local} is damaged or not the published file, "
+                                "download it again") from None
+        log.warning("%s; deleted, downloading again", e)
+        dest.unlink()
+        download(source, dest, **download_kw)
         try:
-            verify(part, source)
-        except DownloadError as e:
-            part.unlink()
-            if fresh_retry:
-                raise DownloadError(str(e).replace(str(part), str(dest)) + " (after a fresh re-download); the "
-                                    "source or its listed hash is wrong") from None
-            log.warning("%s; deleted, downloading again", e)
-        else:
-            os.replace(part, dest)
-            return dest
+            verify(dest, source)
+        except DownloadError as e2:
+            dest.unlink()
+            raise DownloadError(f"{e2} (after a fresh re-download); the source or its listed hash is wrong") from None
+    return source.checksum()
+
+
+def fetch(source: Source, dest: Path, **download_kw) -> Path:
+    """Download (or link) `source` as `dest` and verify it. Returns `dest`."""
+    download(source, dest, **download_kw)
+    verify_or_refetch(source, dest, **download_kw)
+    return Path(dest)

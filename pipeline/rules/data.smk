@@ -1,13 +1,92 @@
-# Datasets. Downstream rules depend on a dataset's manifest, never on its files.
+# Datasets (config/datasets.yaml): download -> verify -> extract, one job per archive and step, then one prepare
+# job per dataset. Embedded demo sets are first published as their official archives. Downstream rules depend
+# on a dataset's manifest, never on its files; archives and trees stay out of the DVC cache.
+
+import re
+
+from pipeline.data import sources as data_sources
+
+FILENAMES = sorted({s.filename for d in DATASETS.values() for s in d.sources.values()})
 
 
-rule prepare_embedded:
+def _alternation(names):
+    return "|".join(re.escape(n) for n in names)
+
+
+def _archive_of(wildcards) -> str:
+    """The archive file an extraction folder (its stem) comes from."""
+    ds = DATASETS[wildcards.dataset]
+    return next(s.filename for s in ds.sources.values() if data_sources.stem(s.filename) == wildcards.stem)
+
+
+def _published_sums(wildcards):
+    ds = DATASETS[wildcards.dataset]
+    return [f"{data_sources.published(DATA, ds.name)}/SHA256SUMS"] if ds.embedded else []
+
+
+def _extracted_markers(wildcards):
+    ds = DATASETS[wildcards.dataset]
+    return [f"{data_sources.extracted(DATA, ds.name, data_sources.stem(s.filename))}/{EXTRACTED_MARKER}"
+            for s in ds.sources.values()]
+
+
+wildcard_constraints:
+    archive=_alternation(FILENAMES),
+    stem=_alternation(data_sources.stem(n) for n in FILENAMES),
+
+
+rule publish_embedded:
     output:
-        manifest=f"{DATA}/{{dataset}}-embedded.manifest.json",
+        f"{data_sources.published(DATA, '{dataset}')}/SHA256SUMS",
     log:
-        "logs/prepare/{dataset}-embedded.log",
+        "logs/publish/{dataset}.log",
     wildcard_constraints:
-        dataset="imagenet|coco|ade20k",
+        dataset=_alternation(n for n, d in DATASETS.items() if d.embedded),
     shell:
-        "{PYTHON} -m pipeline.data.embedded {wildcards.dataset} --out {DATA}/{wildcards.dataset}-embedded"
-        " --manifest {output.manifest} > {log} 2>&1"
+        "{PYTHON} -m pipeline.data publish {wildcards.dataset} --data-root {DATA} --log {log}"
+
+
+rule download:
+    input:
+        _published_sums,
+    output:
+        data_sources.archive(DATA, "{dataset}", "{archive}"),
+    log:
+        "logs/download/{dataset}/{archive}.log",
+    shell:
+        "{PYTHON} -m pipeline.data download {wildcards.dataset} {wildcards.archive} --data-root {DATA} --log {log}"
+
+
+rule verify:
+    input:
+        data_sources.archive(DATA, "{dataset}", "{archive}"),
+    output:
+        data_sources.verified(DATA, "{dataset}", "{archive}"),
+    log:
+        "logs/verify/{dataset}/{archive}.log",
+    shell:
+        "{PYTHON} -m pipeline.data verify {wildcards.dataset} {wildcards.archive} --data-root {DATA} --log {log}"
+
+
+rule extract:
+    input:
+        lambda wc: data_sources.verified(DATA, wc.dataset, _archive_of(wc)),
+    output:
+        f"{data_sources.extracted(DATA, '{dataset}', '{stem}')}/{EXTRACTED_MARKER}",
+    log:
+        "logs/extract/{dataset}/{stem}.log",
+    params:
+        archive=_archive_of,
+    shell:
+        "{PYTHON} -m pipeline.data extract {wildcards.dataset} {params.archive} --data-root {DATA} --log {log}"
+
+
+rule prepare:
+    input:
+        _extracted_markers,
+    output:
+        manifest=data_sources.manifest(DATA, "{dataset}"),
+    log:
+        "logs/prepare/{dataset}.log",
+    shell:
+        "{PYTHON} -m pipeline.data prepare {wildcards.dataset} --data-root {DATA} --log {log}"
