@@ -84,7 +84,8 @@ def run_publish(ds: sources.Dataset, root: str, log) -> None:
         raise registry.ConfigError(f"{sources.DATASETS_FILE}: dataset {ds.name!r} is downloaded, not built; "
                                    "only embedded datasets are published")
     out = publish(ds.layout, Path(sources.published(root, ds.name)))
-    log.info("%s: published %s", ds.name, ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    log.info("%s: published %s", ds.name, ", ".join(files))
 
 
 def main(argv=None) -> int:
