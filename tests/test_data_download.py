@@ -3,6 +3,7 @@
 import hashlib
 import io
 import os
+import shutil
 import tarfile
 import threading
 import zipfile
@@ -119,10 +120,19 @@ def test_missing_credentials_file_and_space_are_one_line_errors(server, tmp_path
         fetch(_source(server, credentials_env="IMAGENET_AUTH"), tmp_path / "val.tar")
     with pytest.raises(DownloadError, match="not found"):
         fetch(_source(server, "train.tar"), tmp_path / "train.tar")
-    with pytest.raises(DownloadError, match="does not exist; download it from the publisher"):
-        fetch(Source(url=str(tmp_path / "ILSVRC2012_img_val.tar"), filename="ILSVRC2012_img_val.tar"), tmp_path / "x")
-    with pytest.raises(DownloadError, match="GB free"):
+    with pytest.raises(DownloadError, match="does not exist; download it from https://image-net.org/download-images"):
+        fetch(Source(url=str(tmp_path / "ILSVRC2012_img_val.tar"), filename="ILSVRC2012_img_val.tar",
+                     homepage="https://image-net.org/download-images.php"), tmp_path / "x")
+    with pytest.raises(DownloadError, match=r"needs 1152921504.61 GB free, .* has [\d.]+ GB; free space or set"):
         fetch(_source(server, size=1 << 60), tmp_path / "val.tar")
+
+
+def test_without_a_published_size_the_announced_length_is_checked_against_free_space(server, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setattr("pipeline.data.download.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 1000))
+    with pytest.raises(DownloadError, match=r"needs 3.15 MB free, .* has 0.00 MB"):
+        fetch(_source(server, size=None), tmp_path / "val.tar")
+    assert server.requests == [("val.tar", None)]
 
 
 def _tar(path, members):

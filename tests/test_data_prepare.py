@@ -34,7 +34,8 @@ def test_sources_carry_the_published_sizes_and_hashes():
     # image-net.org ILSVRC2012 download page.
     assert (imagenet["val"].size, imagenet["val"].md5) == (6744924160, "29b22e2961454d5413ddabcf34fc5622")
     embedded = sources.dataset("coco-embedded", "/d").sources
-    assert [s.filename for s in embedded.values()] == [s.filename for s in sources.dataset("coco", "/d").sources.values()]
+    full = sources.dataset("coco", "/d").sources
+    assert [s.filename for s in embedded.values()] == [s.filename for s in full.values()]
     assert embedded["train"].url == "/d/published/coco-embedded/train2017.zip"
     assert embedded["train"].checksums == "/d/published/coco-embedded/SHA256SUMS"
 

@@ -49,6 +49,12 @@ class Source:
     credentials_env: str | None = None
     # A published checksum list in `sha256sum` format (URL or path), for sources whose hash is not in config.
     checksums: str | None = None
+    # Where a person gets the file (named in errors about a missing or wrong copy).
+    homepage: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"download it from {self.homepage or 'the publisher'}"
 
     @property
     def local(self) -> Path | None:
@@ -117,8 +123,12 @@ def _check_space(dest: Path, needed: int | None) -> None:
         return
     free = shutil.disk_usage(dest.parent).free
     if free < needed:
-        raise DownloadError(f"{dest}: needs {needed / 1e9:.2f} GB free, {dest.parent} has {free / 1e9:.2f} GB; "
-                            "free space or set data_root in config/config.yaml to a larger disk")
+        raise DownloadError(f"{dest}: needs {_size(needed)} free, {dest.parent} has {_size(free)}; free space or "
+                            "set data_root in config/config.yaml to a larger disk")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
 
 
 def _download(source: Source, part: Path, retries: int, backoff: float, timeout: float) -> None:
@@ -132,6 +142,8 @@ def _download(source: Source, part: Path, retries: int, backoff: float, timeout:
                 if start and resp.status != 206:  # the server ignored Range: start over
                     start = 0
                 total = source.size or (start + int(resp.headers.get("Content-Length", 0)) or None)
+                if source.size is None and total:  # no published size: check the space the server announces
+                    _check_space(part, total - start)
                 with open(part, "ab" if start else "wb") as f, tqdm(
                         total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
                         desc=source.filename, mininterval=1.0, disable=None) as bar:
@@ -180,12 +192,12 @@ def download(source: Source, dest: Path, retries: int = 5, backoff: float = 1.0,
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if source.url is None:
-        raise DownloadError(f"{source.filename}: no url in config/datasets.yaml; download it from the publisher and "
-                            "set its url to the local path")
+        raise DownloadError(f"{source.filename}: no url in config/datasets.yaml; {source.where} and set its url "
+                            "to the local path")
     if (local := source.local) is not None:
         if not local.is_file():
-            raise DownloadError(f"{source.filename}: {local} does not exist; download it from the publisher and "
-                                "set its path in the dataset's sources in config/datasets.yaml")
+            raise DownloadError(f"{source.filename}: {local} does not exist; {source.where} and set its path in "
+                                "the dataset's sources in config/datasets.yaml")
         link = dest.with_name(f".{dest.name}.link")
         link.unlink(missing_ok=True)
         link.symlink_to(local.resolve())
@@ -213,7 +225,7 @@ def verify_or_refetch(source: Source, dest: Path, **download_kw) -> tuple[str, s
     except DownloadError as e:
         if source.local is not None:
             raise DownloadError(f"{e}; the local copy {source.local} is damaged or not the published file, "
-                                "download it again") from None
+                                f"{source.where} again") from None
         log.warning("%s; deleted, downloading again", e)
         dest.unlink()
         download(source, dest, **download_kw)

@@ -94,7 +94,7 @@ def datasets(data_root: str, path=DATASETS_FILE) -> dict[str, Dataset]:
                                    checksums=posixpath.join(pub, "SHA256SUMS"))
                        for key, s in base["sources"].items()}
         else:
-            sources = {key: Source(**s) for key, s in doc["sources"].items()}
+            sources = {key: Source(**s, homepage=doc.get("homepage")) for key, s in doc["sources"].items()}
         out[name] = Dataset(name, doc["layout"], doc["about"], sources, doc["expect"], "embedded_from" in doc)
     return out
 
