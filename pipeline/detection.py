@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pipeline.compat  # noqa: F401  (before detectron2)
 

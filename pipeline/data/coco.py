@@ -48,8 +48,8 @@ def _write_stuff(item: tuple[str, list[tuple[int, int]]], panoptic_dir: Path, ou
     Image.fromarray(out).save(out_dir / name)
 
 
-def write_panoptic_stuff(panoptic_json: Path, panoptic_dir: Path, out_dir: Path) -> None:
-    doc = json.loads(panoptic_json.read_text())
+def write_panoptic_stuff(doc: dict, panoptic_dir: Path, out_dir: Path) -> None:
+    """Panoptic FPN's stuff label maps for the images of a panoptic annotation document."""
     labels = stuff_id_map(doc["categories"])
     out_dir.mkdir(parents=True, exist_ok=True)
     items = [(a["file_name"], [(s["id"], labels[s["category_id"]]) for s in a["segments_info"]])
@@ -58,10 +58,10 @@ def write_panoptic_stuff(panoptic_json: Path, panoptic_dir: Path, out_dir: Path)
               f"stuff labels {out_dir.name}")
 
 
-def _image_count(annotations: Path) -> int:
-    if not annotations.is_file():
-        raise ExtractError(f"{annotations}: not found; is the annotations archive the official one?")
-    return len(json.loads(annotations.read_text())["images"])
+def _read_annotations(path: Path) -> dict:
+    if not path.is_file():
+        raise ExtractError(f"{path}: not found; is the annotations archive the official one?")
+    return json.loads(path.read_text())
 
 
 def prepare(extracted: dict[str, Path], root: Path, expect: dict, stamp: str = "prepared") -> Path:
@@ -74,15 +74,15 @@ def prepare(extracted: dict[str, Path], root: Path, expect: dict, stamp: str = "
             images = link_tree(extracted[split] / f"{split}2017", tmp / f"{split}2017")
             expect_count(extracted[split], f"{split}2017 images", images, expect[split])
             instances = tmp / "annotations" / f"instances_{split}2017.json"
-            expect_count(instances, "images annotated", _image_count(instances), expect[split])
+            expect_count(instances, "images annotated", len(_read_annotations(instances)["images"]), expect[split])
         if "panoptic" in extracted:
             panoptic = extracted["panoptic"] / "annotations"
             for split in SPLITS:
                 name = f"panoptic_{split}2017"
+                doc = _read_annotations(panoptic / f"{name}.json")
+                expect_count(panoptic / f"{name}.json", "images with panoptic segments", len(doc["images"]),
+                             expect[split])
                 link_file(panoptic / f"{name}.json", tmp / "annotations" / f"{name}.json")
-                expect_count(panoptic / f"{name}.json", "images with panoptic segments",
-                             _image_count(tmp / "annotations" / f"{name}.json"), expect[split])
                 unpack(panoptic / f"{name}.zip", tmp)  # the PNGs come as a zip inside the zip
-                write_panoptic_stuff(tmp / "annotations" / f"{name}.json", tmp / name,
-                                     tmp / f"panoptic_stuff_{split}2017")
+                write_panoptic_stuff(doc, tmp / name, tmp / f"panoptic_stuff_{split}2017")
     return root

@@ -58,13 +58,7 @@ class Source:
 
     @property
     def local(self) -> Path | None:
-        """The file a local path or file:// URL names; None for remote URLs."""
-        if self.url is None:
-            return None
-        parsed = urllib.parse.urlparse(self.url)
-        if parsed.scheme == "file":
-            return Path(urllib.parse.unquote(parsed.path))
-        return Path(self.url).expanduser() if parsed.scheme == "" else None
+        return None if self.url is None else local_path(self.url)
 
     def checksum(self) -> tuple[str, str] | None:
         if self.sha256:
@@ -76,15 +70,22 @@ class Source:
         return None
 
 
+def local_path(url: str) -> Path | None:
+    """The file a local path or file:// URL names; None for remote URLs."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        return Path(urllib.parse.unquote(parsed.path))
+    return Path(url).expanduser() if parsed.scheme == "" else None
+
+
 def _listed_sha256(listing: str, filename: str) -> str:
     """The hash `listing` (a `sha256sum`-format file: "<hex>  <name>" per line) gives for `filename`."""
     try:
-        parsed = urllib.parse.urlparse(listing)
-        if parsed.scheme in ("http", "https"):
+        if (local := local_path(listing)) is not None:
+            text = local.read_text()
+        else:
             with urllib.request.urlopen(listing, timeout=60) as resp:
                 text = resp.read().decode()
-        else:
-            text = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else listing).read_text()
     except (OSError, urllib.error.URLError) as e:
         raise DownloadError(f"{filename}: cannot read its checksum list {listing} ({e})") from None
     for line in text.splitlines():
@@ -176,8 +177,9 @@ def _download(source: Source, part: Path, retries: int, backoff: float, timeout:
         time.sleep(wait)
 
 
-def verify(path: Path, source: Source) -> None:
-    """Raise `DownloadError` unless `path` has the published size and checksum."""
+def verify(path: Path, source: Source) -> tuple[str, str] | None:
+    """Raise `DownloadError` unless `path` has the published size and checksum; returns the (algorithm, hash)
+    checked, or None when the source publishes no checksum."""
     if source.size is not None and path.stat().st_size != source.size:
         raise DownloadError(f"{path}: size {path.stat().st_size} bytes, expected {source.size}")
     expected = source.checksum()
@@ -185,6 +187,7 @@ def verify(path: Path, source: Source) -> None:
         actual = file_hash(path, expected[0])
         if actual != expected[1]:
             raise DownloadError(f"{path}: {expected[0]} mismatch: expected {expected[1]}, got {actual}")
+    return expected
 
 
 def download(source: Source, dest: Path, retries: int = 5, backoff: float = 1.0, timeout: float = 60.0) -> Path:
@@ -221,7 +224,7 @@ def verify_or_refetch(source: Source, dest: Path, **download_kw) -> tuple[str, s
     check again. Returns the (algorithm, hash) verified, or None when the source publishes no checksum."""
     dest = Path(dest)
     try:
-        verify(dest, source)
+        return verify(dest, source)
     except DownloadError as e:
         if source.local is not None:
             raise DownloadError(f"{e}; the local copy {source.local} is damaged or not the published file, "
@@ -230,11 +233,10 @@ def verify_or_refetch(source: Source, dest: Path, **download_kw) -> tuple[str, s
         dest.unlink()
         download(source, dest, **download_kw)
         try:
-            verify(dest, source)
+            return verify(dest, source)
         except DownloadError as e2:
             dest.unlink()
             raise DownloadError(f"{e2} (after a fresh re-download); the source or its listed hash is wrong") from None
-    return source.checksum()
 
 
 def fetch(source: Source, dest: Path, **download_kw) -> Path:
