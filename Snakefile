@@ -1,5 +1,9 @@
-# backbone-repro: the only DAG. Data -> ImageNet pretraining -> detectron2 fine-tuning -> evaluation -> reports.
-#   snakemake --profile profiles/local demo     the whole pipeline at smoke scale on embedded data
+# backbone-repro: the only DAG. Data -> ImageNet pretraining -> detectron2 fine-tuning -> evaluation -> tables
+# and reports.
+#   snakemake --profile profiles/local demo                       the whole pipeline at smoke scale on embedded data
+#   snakemake --profile profiles/local pvt_table4                 one paper table (config/papers/*.yaml `target`)
+#   snakemake --profile profiles/local table4 --config paper=pvt  the same, by the paper's table number
+#   snakemake ... --config scale=smoke                             every job shrunk onto the embedded data
 # Rule files live in pipeline/rules/, one per stage.
 
 from snakemake.utils import min_version
@@ -15,6 +19,7 @@ include: "pipeline/rules/data.smk"
 include: "pipeline/rules/pretrain.smk"
 include: "pipeline/rules/finetune.smk"
 include: "pipeline/rules/report.smk"
+include: "pipeline/rules/tables.smk"
 
 
 rule demo:

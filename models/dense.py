@@ -12,7 +12,8 @@ from detectron2.config import LazyCall as L
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.model_zoo import get_config
 from detectron2.modeling import Backbone, SemanticSegmentor
-from detectron2.modeling.backbone.fpn import LastLevelP6P7
+from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
+from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers
 from torch import nn
@@ -172,6 +173,24 @@ def semantic_segmentor(backbone: str, head: str, num_classes: int = 150, pretrai
         backbone=L(RegistryBackbone)(name=backbone, pretrained=pretrained, freeze_at=freeze_at, norm=norm,
                                      **overrides),
         sem_seg_head=L(SEG_HEADS[head])(**head_kwargs),
+        pixel_mean=IMAGENET_PIXEL_MEAN, pixel_std=IMAGENET_PIXEL_STD)
+
+
+def semantic_fpn(backbone: str, num_classes: int = 150, pretrained: str | None = None, freeze_at: int = 0,
+                 norm: str = "BN", head_norm: str = "SyncBN", **overrides):
+    """Semantic FPN (Kirillov et al. 2019) as PVT's ADE20K config builds it (pvt.md §D, mmseg `FPN` + `FPNHead`):
+    FPN with 256 channels on all four levels, each level upsampled to stride 4 through 128-channel 3×3 convs,
+    summed, 1×1 classifier. detectron2's `SemSegFPNHead` is that head. Label 255 is ignored."""
+    info = feature_info(backbone)
+    names = [f["name"] for f in info]
+    levels = [f"p{2 + i}" for i in range(len(info))]
+    shapes = {lvl: ShapeSpec(channels=256, stride=f["reduction"]) for lvl, f in zip(levels, info)}
+    return L(SemanticSegmentor)(
+        backbone=L(FPN)(bottom_up=L(RegistryBackbone)(name=backbone, pretrained=pretrained, freeze_at=freeze_at,
+                                                      norm=norm, **overrides),
+                        in_features=names, out_channels=256, top_block=None),
+        sem_seg_head=L(SemSegFPNHead)(input_shape=shapes, num_classes=num_classes, conv_dims=128,
+                                      common_stride=info[0]["reduction"], norm=head_norm, ignore_value=255),
         pixel_mean=IMAGENET_PIXEL_MEAN, pixel_std=IMAGENET_PIXEL_STD)
 
 

@@ -1,10 +1,13 @@
-"""Fine-tune a detectron2 Mask R-CNN whose backbone is a registered model, resumable.
+"""Fine-tune a detectron2 model whose backbone is a registered model, resumable.
 
-    python -m pipeline.finetune --backbone pvt_tiny --pretrained results/pretrain/.../model.pth \
-        --coco data/embedded/coco --work-dir .../state --output .../model_final.pth --iters 20
+    python -m pipeline.finetune --task semantic_fpn --backbone pvt_tiny --pretrained .../model.pth \
+        --data data/ade20k --work-dir .../state --output .../model_final.pth --iters 80000
 
-The work dir holds detectron2's periodic checkpoints (written atomically); a re-run continues from the
-last one. The declared output is the final model's weights only.
+Tasks (frameworks): mask_rcnn, retinanet, cascade_mask_rcnn (COCO instances), panoptic_fpn (COCO panoptic),
+semantic_fpn, upernet, segformer (ADE20K). The length is `--iters`, or `--epochs` over the training set with
+lr steps at `--steps` (epochs); `--poly-power` gives a polynomial decay instead. The work dir holds detectron2's
+periodic checkpoints (written atomically); a re-run continues from the last one. The declared output is the
+final model's weights and the settings that built it.
 """
 
 from __future__ import annotations
@@ -22,51 +25,189 @@ from detectron2.data import DatasetMapper, build_detection_train_loader, get_det
 from detectron2.data import transforms as T
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import SimpleTrainer, hooks
-from detectron2.solver import LRMultiplier, WarmupParamScheduler, get_default_optimizer_params
+from detectron2.solver import LRMultiplier, WarmupParamScheduler
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import JSONWriter
-from fvcore.common.param_scheduler import MultiStepParamScheduler
+from fvcore.common.param_scheduler import MultiStepParamScheduler, PolynomialDecayParamScheduler
+from torch import nn
 from tqdm import tqdm
 
 from models import CheckpointError
-from models.dense import mask_rcnn
-from pipeline.data.register import register_coco
+from models import dense
+from pipeline.cli import parse_settings
+from pipeline.data.register import register_ade20k, register_coco
 from pipeline.detection import AtomicCheckpointer
 from pipeline.io import atomic_torch_save, claim_work_dir, weights_digest
-from pipeline.cli import parse_settings
 from pipeline.logs import setup_logging
+
+INSTANCE_TASKS = ("mask_rcnn", "retinanet", "cascade_mask_rcnn")
+SEMANTIC_TASKS = ("semantic_fpn", "upernet", "segformer")
+TASKS = INSTANCE_TASKS + ("panoptic_fpn",) + SEMANTIC_TASKS
+# The registered training/validation sets each kind of task reads (pipeline/data/register.py).
+SPLITS = {"instance": ("coco_2017_train", "coco_2017_val"),
+          "panoptic": ("coco_2017_train_panoptic_separated", "coco_2017_val_panoptic_separated"),
+          "semantic": ("ade20k_sem_seg_train", "ade20k_sem_seg_val")}
+
+
+class FinetuneError(Exception):
+    pass
 
 
 @dataclass
 class FinetuneConfig:
     backbone: str
     pretrained: str
-    coco: str
+    data: str
     work_dir: str
     output: str
-    iters: int = 20
+    task: str = "mask_rcnn"
+    iters: int = 0  # 0: from `epochs`
+    epochs: int = 0
+    steps: str = ""  # lr x0.1 at these epochs (comma-separated); empty with --poly-power
+    poly_power: float = 0.0
     batch_size: int = 2
+    optimizer: str = "adamw"
     lr: float = 2e-4
     weight_decay: float = 1e-4
-    warmup_iters: int = 5
-    min_size: int = 320
-    max_size: int = 512
-    checkpoint_every: int = 10
+    head_lr_mult: float = 1.0
+    layer_decay: float = 1.0
+    clip_grad: float = 0.0
+    drop_path_rate: float = 0.0
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    # Resizing: short sides (comma-separated, `sample` choice|range) capped at max_size; or, with `size`,
+    # scale jitter in [jitter_min, jitter_max] of a size x size canvas and a size x size crop; semantic tasks
+    # crop `crop` x `crop` after resizing.
+    short_side: str = "800"
+    sample: str = "choice"
+    max_size: int = 1333
+    size: int = 0
+    jitter_min: float = 1.0
+    jitter_max: float = 1.0
+    crop: int = 512
+    checkpoint_every: int = 5000
     # detectron2's Mask R-CNN FPN defaults (512 RoIs per image, 1000 proposals); CPU smoke runs lower them.
     roi_batch_size_per_image: int = 512
     rpn_post_nms_topk_train: int = 1000
     seed: int = 0
+    workers: int = 0
     log: str | None = None
     # The resolution the backbone was pretrained at (its position embeddings' grid); read from the
     # pretrained checkpoint when it records one.
     pretrain_img_size: int = 224
 
 
-def build_model(cfg: FinetuneConfig):
-    model_cfg = mask_rcnn(cfg.backbone, pretrained=cfg.pretrained, img_size=cfg.pretrain_img_size)
-    model_cfg.roi_heads.batch_size_per_image = cfg.roi_batch_size_per_image
-    model_cfg.proposal_generator.post_nms_topk = (cfg.rpn_post_nms_topk_train, 1000)
-    return instantiate(model_cfg)
+def kind(task: str) -> str:
+    if task not in TASKS:
+        raise FinetuneError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    return "instance" if task in INSTANCE_TASKS else "panoptic" if task == "panoptic_fpn" else "semantic"
+
+
+def model_config(cfg: FinetuneConfig):
+    kw = dict(pretrained=cfg.pretrained, img_size=cfg.pretrain_img_size)
+    if cfg.drop_path_rate:
+        kw["drop_path_rate"] = cfg.drop_path_rate
+    if cfg.task in SEMANTIC_TASKS:
+        if cfg.task == "semantic_fpn":
+            return dense.semantic_fpn(cfg.backbone, **kw)
+        return dense.semantic_segmentor(cfg.backbone, cfg.task, **kw)
+    model = getattr(dense, cfg.task)(cfg.backbone, **kw)
+    if cfg.task != "retinanet":
+        model.roi_heads.batch_size_per_image = cfg.roi_batch_size_per_image
+        model.proposal_generator.post_nms_topk = (cfg.rpn_post_nms_topk_train, 1000)
+    return model
+
+
+def build_model(cfg: FinetuneConfig) -> nn.Module:
+    return instantiate(model_config(cfg))
+
+
+def train_augmentations(cfg: FinetuneConfig) -> list:
+    flip = T.RandomFlip()
+    if cfg.size:
+        return [T.ResizeScale(cfg.jitter_min, cfg.jitter_max, cfg.size, cfg.size),
+                T.FixedSizeCrop((cfg.size, cfg.size)), flip]
+    sides = [int(s) for s in cfg.short_side.split(",")]
+    resize = T.ResizeShortestEdge(sides, cfg.max_size, sample_style=cfg.sample)
+    if kind(cfg.task) == "semantic":
+        # mmseg's ADE20K pipeline: random rescale, a crop in which no class covers more than 75 %, flip.
+        return [resize, T.RandomCrop_CategoryAreaConstraint("absolute", (cfg.crop, cfg.crop), 0.75, 255), flip]
+    return [resize, flip]
+
+
+def build_train_loader(cfg: FinetuneConfig, dataset: str, dicts: list):
+    mapper = DatasetMapper(is_train=True, image_format="RGB", use_instance_mask=cfg.task != "retinanet",
+                           augmentations=train_augmentations(cfg))
+    return build_detection_train_loader(dataset=dicts, mapper=mapper, total_batch_size=cfg.batch_size,
+                                        sampler=TrainingSampler(len(dicts), seed=cfg.seed),
+                                        num_workers=cfg.workers)
+
+
+def _stage_of(name: str, stages: list[str]) -> int:
+    """0 for the stem, i + 1 for the backbone's i-th feature stage, len(stages) + 1 for everything else."""
+    for i, module in enumerate(stages):
+        if f"bottom_up.net.{module}." in name or f"backbone.net.{module}." in name:
+            return i + 1
+    if ".net." in name and name.startswith("backbone."):
+        return 0
+    return len(stages) + 1
+
+
+def param_groups(model: nn.Module, cfg: FinetuneConfig) -> list[dict]:
+    """Weight decay on weights but not on norms and biases; `head_lr_mult` on the decode head; `layer_decay`
+    scales each backbone stage's lr by decay^(distance from the head), stage-wise."""
+    bottom = getattr(model.backbone, "bottom_up", model.backbone)
+    stages = [f["module"] for f in bottom.net.feature_info]
+    norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+    no_decay = set()
+    for mname, module in model.named_modules():
+        for pname, _ in module.named_parameters(recurse=False):
+            if isinstance(module, norm_types) or pname == "bias" or pname.endswith(("pos_embed", "cls_token")):
+                no_decay.add(f"{mname}.{pname}" if mname else pname)
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        depth = len(stages) + 1 - _stage_of(name, stages)
+        scale = cfg.layer_decay ** depth
+        if name.startswith("sem_seg_head."):
+            scale *= cfg.head_lr_mult
+        wd = 0.0 if name in no_decay else cfg.weight_decay
+        group = groups.setdefault((scale, wd), {"params": [], "lr": cfg.lr * scale, "weight_decay": wd})
+        group["params"].append(p)
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
+    raise FinetuneError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, sgd")
+
+
+def schedule_length(cfg: FinetuneConfig, images: int) -> tuple[int, list[int]]:
+    """Iterations and lr-step iterations: `iters` directly, or `epochs` passes over `images`."""
+    per_epoch = max(1, math.ceil(images / cfg.batch_size))
+    epochs = [int(s) for s in cfg.steps.split(",") if s]
+    iters = cfg.iters or cfg.epochs * per_epoch
+    if iters <= 0:
+        raise FinetuneError("no training length: give --iters or --epochs")
+    total_epochs = cfg.epochs or max(epochs + [1])
+    # With `iters` given (smoke scale), the steps keep their place as a fraction of the schedule.
+    milestones = sorted({round(iters * e / total_epochs) for e in epochs} - {0, iters})
+    return iters, [m for m in milestones if 0 < m < iters]
+
+
+def build_scheduler(optimizer, cfg: FinetuneConfig, iters: int, milestones: list[int]):
+    if cfg.poly_power:
+        shape = PolynomialDecayParamScheduler(1.0, cfg.poly_power)
+    else:
+        shape = MultiStepParamScheduler([0.1 ** i for i in range(len(milestones) + 1)], num_updates=iters,
+                                        milestones=milestones)
+    warmup = WarmupParamScheduler(shape, cfg.warmup_ratio, min(cfg.warmup_iters, iters) / iters)
+    return LRMultiplier(optimizer, warmup, max_iter=iters)
 
 
 class ProgressBar(hooks.HookBase):
@@ -92,66 +233,79 @@ class ProgressBar(hooks.HookBase):
             self.bar.close()
 
 
-def build_train_loader(dataset: str, cfg: FinetuneConfig):
-    mapper = DatasetMapper(is_train=True, image_format="RGB", use_instance_mask=True, augmentations=[
-        T.ResizeShortestEdge(cfg.min_size, cfg.max_size, sample_style="choice"), T.RandomFlip()])
-    dicts = get_detection_dataset_dicts([dataset])
-    return build_detection_train_loader(dataset=dicts, mapper=mapper, total_batch_size=cfg.batch_size,
-                                        sampler=TrainingSampler(len(dicts), seed=cfg.seed), num_workers=0)
+class ClippedTrainer(SimpleTrainer):
+    """SimpleTrainer with gradient-norm clipping (`clip` > 0) between backward and the optimizer step."""
+
+    def __init__(self, model, data_loader, optimizer, clip: float):
+        super().__init__(model, data_loader, optimizer)
+        self.clip = clip
+
+    def run_step(self):
+        if not self.clip:
+            return super().run_step()
+        data = next(self._data_loader_iter)
+        loss_dict = self.model(data)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.clip)
+        self._write_metrics(loss_dict, 0.0)
+        self.optimizer.step()
+
+
+def register(task: str, root: str) -> tuple[str, str]:
+    (register_ade20k if kind(task) == "semantic" else register_coco)(root)
+    return SPLITS[kind(task)]
 
 
 def finetune(cfg: FinetuneConfig) -> None:
     log = setup_logging(cfg.log, "finetune")
+    kind(cfg.task)
     seed_all_rng(cfg.seed)
     if cfg.pretrained:
         meta = torch.load(cfg.pretrained, map_location="cpu", weights_only=True)
         cfg.pretrain_img_size = meta.get("img_size", cfg.pretrain_img_size) if isinstance(meta, dict) else 224
-    fingerprint = {k: v for k, v in asdict(cfg).items() if k not in ("work_dir", "output", "log", "pretrained")}
+    fingerprint = {k: v for k, v in asdict(cfg).items()
+                   if k not in ("work_dir", "output", "log", "pretrained", "workers", "checkpoint_every")}
     fingerprint["pretrained_weights_sha256"] = weights_digest(cfg.pretrained) if cfg.pretrained else None
     claim_work_dir(cfg.work_dir, fingerprint, log)
-    register_coco(cfg.coco)
-    train_set = "coco_2017_train"
+    train_set, _ = register(cfg.task, cfg.data)
+    dicts = get_detection_dataset_dicts([train_set])
+    iters, milestones = schedule_length(cfg, len(dicts))
     model = build_model(cfg)
     model.train()
-    optimizer = torch.optim.AdamW(get_default_optimizer_params(model, weight_decay=cfg.weight_decay,
-                                                               weight_decay_norm=0.0), lr=cfg.lr)
-    # The 1x schedule's shape (x0.1 at 8/12 and 11/12 of training), scaled to `iters`.
-    milestones = sorted({m for m in (cfg.iters * 8 // 12, cfg.iters * 11 // 12) if 0 < m < cfg.iters})
-    steps = MultiStepParamScheduler([1.0, 0.1, 0.01][: len(milestones) + 1], num_updates=cfg.iters,
-                                    milestones=milestones)
-    warmup = WarmupParamScheduler(steps, 0.001, min(cfg.warmup_iters, cfg.iters) / cfg.iters)
-    scheduler = LRMultiplier(optimizer, warmup, max_iter=cfg.iters)
-    trainer = SimpleTrainer(model, build_train_loader(train_set, cfg), optimizer)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, iters, milestones)
+    trainer = ClippedTrainer(model, build_train_loader(cfg, train_set, dicts), optimizer, cfg.clip_grad)
     checkpointer = AtomicCheckpointer(model, cfg.work_dir, trainer=trainer)
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=scheduler),
-        hooks.PeriodicCheckpointer(checkpointer, cfg.checkpoint_every, max_iter=cfg.iters, max_to_keep=2),
+        hooks.PeriodicCheckpointer(checkpointer, cfg.checkpoint_every, max_iter=iters, max_to_keep=2),
         hooks.PeriodicWriter([JSONWriter(f"{cfg.work_dir}/metrics.json")], period=1),
-        ProgressBar(cfg.iters, f"finetune {cfg.backbone} mask_rcnn"),
+        ProgressBar(iters, f"finetune {cfg.backbone} {cfg.task}"),
     ])
     start_iter = 0
     if checkpointer.has_checkpoint():
         checkpointer.resume_or_load(None, resume=True)
         start_iter = trainer.iter + 1
-        log.info("resuming from %s at iteration %d of %d", checkpointer.get_checkpoint_file(), start_iter,
-                 cfg.iters)
+        log.info("resuming from %s at iteration %d of %d", checkpointer.get_checkpoint_file(), start_iter, iters)
     else:
-        log.info("starting Mask R-CNN %s from %s: %d iterations, batch %d", cfg.backbone, cfg.pretrained,
-                 cfg.iters, cfg.batch_size)
+        log.info("starting %s %s from %s: %d iterations (lr steps at %s), batch %d, %d training images",
+                 cfg.task, cfg.backbone, cfg.pretrained, iters, milestones or "none", cfg.batch_size, len(dicts))
     t0 = time.perf_counter()
-    if start_iter < cfg.iters:
-        trainer.train(start_iter, cfg.iters)
-    atomic_torch_save({"model": model.state_dict(), "backbone": cfg.backbone, "iters": cfg.iters,
+    if start_iter < iters:
+        trainer.train(start_iter, iters)
+    atomic_torch_save({"model": model.state_dict(), "backbone": cfg.backbone, "task": cfg.task, "iters": iters,
                        "config": asdict(cfg)}, cfg.output)
     log.info("done in %.0f s -> %s", time.perf_counter() - t0, cfg.output)
 
 
 def main(argv=None) -> int:
-    cfg = parse_settings(FinetuneConfig, argv, "fine-tune Mask R-CNN with a registered backbone")
+    cfg = parse_settings(FinetuneConfig, argv, "fine-tune a detectron2 model with a registered backbone")
     try:
         finetune(cfg)
-    except (FileNotFoundError, FloatingPointError, CheckpointError) as e:
+    except (FileNotFoundError, FloatingPointError, CheckpointError, FinetuneError) as e:
         setup_logging(cfg.log, "finetune").error("%s", e)
         return 1
     return 0

@@ -13,7 +13,7 @@ TRACKED = ["Snakefile", "dvc.yaml", ".dvcignore", "config", "pipeline", "models"
 
 SMOKE = {
     "pretrain": {"steps": 4, "batch_size": 4, "img_size": 64, "checkpoint_every": 2, "warmup_steps": 1},
-    "finetune": {"iters": 2, "batch_size": 1, "min_size": 128, "max_size": 192, "roi_batch_size_per_image": 64,
+    "finetune": {"iters": 2, "batch_size": 1, "short_side": 128, "max_size": 192, "roi_batch_size_per_image": 64,
                  "rpn_post_nms_topk_train": 200, "checkpoint_every": 1, "warmup_iters": 1},
 }
 
@@ -47,7 +47,7 @@ def test_dvc_repro_runs_the_demo_dag_and_tracks_its_artifacts(tmp_path):
 
     report = (project / "reports" / "demo.md").read_text()
     assert "SMOKE SCALE" in report and "| box_AP |" in report and "| 36.7 |" in report  # PVT Table 4, PVT-Tiny 1x
-    metrics = json.loads((project / "results/evaluate/coco-embedded/mask_rcnn/pvt_tiny/demo/metrics.json").read_text())
+    metrics = json.loads((project / "results/evaluate/coco-embedded/mask_rcnn/pvt_tiny/demo/demo/seed0/metrics.json").read_text())
     assert metrics["evaluator"] == "pycocotools COCOeval" and metrics["images"] == 1
     assert isinstance(metrics["box_AP"], float) and isinstance(metrics["mask_AP"], float)
     for manifest in ("imagenet", "coco", "ade20k"):

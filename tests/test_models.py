@@ -25,6 +25,8 @@ EXPECTED = {
     "lvt", "lvt_cls",
     "patchconvnet_s60", "patchconvnet_s120", "patchconvnet_b60", "patchconvnet_b120", "patchconvnet_l60",
     "patchconvnet_l120", "patchconvnet_s60_multi", "resnet50_attnpool",
+    "resnet18_torchvision", "resnet50_torchvision", "resnet101_torchvision", "resnext101_32x4d_torchvision",
+    "resnext101_64x4d_torchvision",
 }
 FAMILY_REPRESENTATIVES = ["pvt_tiny", "botnet50", "hornet_tiny_gf", "lvt", "patchconvnet_s60"]
 

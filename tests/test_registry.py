@@ -29,6 +29,9 @@ def test_registry_holds_every_reference_row_with_its_numbers():
     for key, doc in registry.papers().items():
         for t in doc["tables"]:
             for r in t["rows"]:
+                if r["evidence"] == "secondary-topic-only":  # rows of a table whose numbers were not found
+                    assert all(v is None for v in r["metrics"].values())
+                    continue
                 ours.setdefault((key, t["title"], r["row"]), []).append(r)
     assert sum(len(v) for v in ours.values()) == len(reference)
     for ref in reference:

@@ -14,9 +14,9 @@ def test_dry_run_demo_lists_the_whole_dag(tmp_path):
     assert job_counts(proc.stdout) == {"publish_embedded": 3, "download": 8, "verify": 8, "extract": 8,
                                         "prepare": 3, "pretrain": 1, "finetune": 1, "evaluate": 1,
                                         "report_demo": 1, "demo": 1}
-    for path in ("results/pretrain/imagenet-embedded/pvt_tiny/demo/model.pth",
-                 "results/finetune/coco-embedded/mask_rcnn/pvt_tiny/demo/model_final.pth",
-                 "results/evaluate/coco-embedded/mask_rcnn/pvt_tiny/demo/metrics.json", "reports/demo.md"):
+    for path in ("results/pretrain/imagenet-embedded/pvt_tiny/demo/seed0/model.pth",
+                 "results/finetune/coco-embedded/mask_rcnn/pvt_tiny/demo/demo/seed0/model_final.pth",
+                 "results/evaluate/coco-embedded/mask_rcnn/pvt_tiny/demo/demo/seed0/metrics.json", "reports/demo.md"):
         assert path in proc.stdout
 
 

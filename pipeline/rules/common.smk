@@ -4,7 +4,8 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from pipeline import registry
+from pipeline import experiments, recipes, registry
+from pipeline.finetune import TASKS
 from pipeline.data import sources as data_sources
 from pipeline.data.extract import MARKER as EXTRACTED_MARKER
 
@@ -14,12 +15,25 @@ try:
     registry.row(config["demo"]["compare"]["paper"], config["demo"]["compare"]["table"],
                  config["demo"]["compare"]["row"])
     DATASETS = data_sources.datasets(config["data_root"])
+    EXPERIMENTS = experiments.experiments()
+    for _backbone in config["pretrained_weights"]:
+        if experiments.default_pretrain(_backbone) != experiments.SUPPLIED:
+            raise registry.ConfigError(f"config field 'pretrained_weights.{_backbone}': the pipeline pretrains "
+                                       f"{_backbone} itself; user weights are for: "
+                                       + ", ".join(m for m in __import__('models').list_models()
+                                                   if experiments.default_pretrain(m) == experiments.SUPPLIED))
+except KeyError as e:
+    raise WorkflowError(f"config field 'pretrained_weights': {e.args[0]}") from None
 except registry.ConfigError as e:
     raise WorkflowError(str(e)) from None
 
 PYTHON = sys.executable
 DATA = config["data_root"]
 DEMO = config["demo"]
+SCALE = config["scale"]
+SEEDS = config["seeds"]
+# What a smoke-scale job asks of a cluster: one CPU slot, minutes.
+SMOKE_RESOURCES = {"gpus": 0, "nodes": 1, "minutes": 30}
 
 
 wildcard_constraints:
@@ -27,6 +41,8 @@ wildcard_constraints:
     backbone=r"[a-z0-9_]+",
     recipe=r"[a-z0-9_]+",
     schedule=r"[a-z0-9_]+",
+    seed=r"[0-9]+",
+    target=r"[a-z0-9_]+",
 
 
 def cli_args(settings: dict) -> str:

@@ -1,16 +1,35 @@
-# detectron2 fine-tuning and evaluation on COCO-format data.
+# detectron2 fine-tuning and evaluation, one job per dataset, task (framework), backbone, recipe, schedule and
+# seed. The ImageNet weights come from the backbone family's pretraining recipe, or are user-supplied.
 
 
-def finetune_settings(wildcards):
-    if wildcards.schedule != "demo":
-        raise WorkflowError(f"unknown fine-tuning schedule {wildcards.schedule!r}; valid schedules: demo")
-    return DEMO["finetune"]
+def _scale(wildcards) -> str:
+    return "smoke" if DATASETS[wildcards.dataset].embedded else "full"
 
 
-def pretrained_checkpoint(wildcards):
-    """The ImageNet checkpoint a fine-tuning schedule starts from."""
-    finetune_settings(wildcards)
-    return f"results/pretrain/imagenet-embedded/{wildcards.backbone}/demo/model.pth"
+def finetune_settings(wildcards) -> str:
+    if wildcards.recipe == "demo":
+        return cli_args({"task": wildcards.task, **DEMO["finetune"]})
+    settings = experiments.finetune_settings(wildcards.recipe, wildcards.backbone, wildcards.schedule,
+                                             _scale(wildcards), config["smoke"]["finetune"], int(wildcards.seed))
+    if settings["task"] != wildcards.task:
+        raise WorkflowError(f"recipe {wildcards.recipe} trains {settings['task']}, not {wildcards.task}")
+    return experiments.flags(settings)
+
+
+def pretrained_checkpoint(wildcards) -> str:
+    """The ImageNet checkpoint a fine-tuning job starts from (same seed, same scale)."""
+    imagenet = experiments.dataset("imagenet", _scale(wildcards), DATASETS)
+    recipe = "demo" if wildcards.recipe == "demo" else experiments.default_pretrain(wildcards.backbone)
+    return f"{experiments.pretrain_dir(imagenet, wildcards.backbone, recipe, wildcards.seed)}/model.pth"
+
+
+def finetune_resources(wildcards) -> dict:
+    if wildcards.recipe == "demo" or _scale(wildcards) == "smoke":
+        return SMOKE_RESOURCES
+    return recipes.resources("finetune", wildcards.recipe, wildcards.backbone, wildcards.schedule)
+
+
+FINETUNE_DIR = "{dataset}/{task}/{backbone}/{recipe}/{schedule}/seed{seed}"
 
 
 rule finetune:
@@ -18,29 +37,44 @@ rule finetune:
         manifest=f"{DATA}/{{dataset}}.manifest.json",
         pretrained=pretrained_checkpoint,
     output:
-        model="results/finetune/{dataset}/mask_rcnn/{backbone}/{schedule}/model_final.pth",
+        model=f"results/finetune/{FINETUNE_DIR}/model_final.pth",
     log:
-        "logs/finetune/{dataset}/mask_rcnn/{backbone}/{schedule}.log",
+        f"logs/finetune/{FINETUNE_DIR}.log",
+    wildcard_constraints:
+        task="|".join(TASKS),
     params:
-        settings=lambda wc: cli_args(finetune_settings(wc)),
-        work_dir=lambda wc: f"results/finetune/{wc.dataset}/mask_rcnn/{wc.backbone}/{wc.schedule}/state",
+        settings=finetune_settings,
+        work_dir=lambda wc: f"results/finetune/{FINETUNE_DIR.format(**wc)}/state",
+    resources:
+        gpu=lambda wc: finetune_resources(wc)["gpus"],
+        nodes=lambda wc: finetune_resources(wc)["nodes"],
+        runtime=lambda wc: finetune_resources(wc)["minutes"],
     shell:
         "{PYTHON} -m pipeline.finetune --backbone {wildcards.backbone} --pretrained {input.pretrained}"
-        " --coco {DATA}/{wildcards.dataset} --work-dir {params.work_dir} --output {output.model}"
+        " --data {DATA}/{wildcards.dataset} --work-dir {params.work_dir} --output {output.model}"
         " --log {log} {params.settings}"
+
+
+def evaluate_settings(wildcards) -> str:
+    if wildcards.recipe == "demo":
+        return cli_args(DEMO["evaluate"])
+    return experiments.flags(experiments.evaluate_settings(wildcards.recipe, wildcards.backbone, wildcards.schedule,
+                                                           _scale(wildcards), config["smoke"]["evaluate"]))
 
 
 rule evaluate:
     input:
         manifest=f"{DATA}/{{dataset}}.manifest.json",
-        model="results/finetune/{dataset}/mask_rcnn/{backbone}/{schedule}/model_final.pth",
+        model=f"results/finetune/{FINETUNE_DIR}/model_final.pth",
     output:
-        metrics="results/evaluate/{dataset}/mask_rcnn/{backbone}/{schedule}/metrics.json",
+        metrics=f"results/evaluate/{FINETUNE_DIR}/metrics.json",
     log:
-        "logs/evaluate/{dataset}/mask_rcnn/{backbone}/{schedule}.log",
+        f"logs/evaluate/{FINETUNE_DIR}.log",
     params:
-        settings=lambda wc: cli_args(DEMO["evaluate"]) if wc.schedule == "demo" else "",
-        work_dir=lambda wc: f"results/evaluate/{wc.dataset}/mask_rcnn/{wc.backbone}/{wc.schedule}/coco_eval",
+        settings=evaluate_settings,
+        work_dir=lambda wc: f"results/evaluate/{FINETUNE_DIR.format(**wc)}/eval",
+    resources:
+        gpu=lambda wc: 0 if _scale(wc) == "smoke" else 1,
     shell:
-        "{PYTHON} -m pipeline.evaluate --checkpoint {input.model} --coco {DATA}/{wildcards.dataset}"
+        "{PYTHON} -m pipeline.evaluate --checkpoint {input.model} --data {DATA}/{wildcards.dataset}"
         " --metrics {output.metrics} --work-dir {params.work_dir} --log {log} {params.settings}"

@@ -1,0 +1,297 @@
+"""Paper tables as experiments: the registry's `target`, `experiment` and per-row `run` records, resolved into
+the jobs the Snakefile runs and the paths they write.
+
+A table with a `target` is reproduced by that Snakemake target. Each row either has a `run` (backbone, the
+fine-tuning schedule, optionally the pretraining recipe and a baseline model for *_delta metrics) or says in
+`not_run` why it has none. A backbone is pretrained with its family's recipe (config/recipes/pretrain.yaml)
+unless the row names another; a backbone with no recipe (the torchvision baselines) starts from ImageNet
+weights the user supplies.
+
+Result paths say what made them:
+    results/pretrain/<dataset>/<backbone>/<pretrain recipe>/seed<seed>/{model.pth,metrics.json}
+    results/finetune/<dataset>/<task>/<backbone>/<recipe>/<schedule>/seed<seed>/model_final.pth
+    results/evaluate/<dataset>/<task>/<backbone>/<recipe>/<schedule>/seed<seed>/metrics.json
+    results/tables/<target>.json
+where <task> is the detectron2 framework and <dataset> the prepared dataset (the embedded one at smoke scale).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import models
+from pipeline import recipes, registry
+
+SUPPLIED = "supplied"
+SCALES = ("full", "smoke")
+# The prepared dataset a fine-tuning recipe's `dataset` reads (COCO panoptic lives in the COCO tree).
+DATA_LAYOUT = {"coco": "coco", "coco_panoptic": "coco", "ade20k": "ade20k"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured row: what is pretrained, what is fine-tuned on it, and where the numbers land."""
+
+    paper: str
+    table: str
+    row: str
+    kind: str  # pretrain | finetune
+    backbone: str
+    pretrain: str  # a pretraining recipe, or `supplied`
+    recipe: str | None = None  # fine-tuning recipe
+    schedule: str | None = None
+    baseline: str | None = None
+
+    @property
+    def task(self) -> str | None:
+        return recipes.finetune(self.recipe, self.backbone, self.schedule)["framework"] if self.recipe else None
+
+    def with_backbone(self, backbone: str) -> "Run":
+        return Run(self.paper, self.table, self.row, self.kind, backbone, self.pretrain, self.recipe,
+                   self.schedule)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    target: str
+    paper: str
+    table: str
+    title: str
+    kind: str
+    number: int | None
+    verified: bool
+    number_note: str | None
+    recipe: str | None
+    not_reproduced: str | None
+    runs: tuple[Run, ...]
+    skipped: tuple[tuple[str, str], ...]  # (row id, why)
+
+
+def default_pretrain(backbone: str) -> str:
+    """The pretraining recipe a backbone gets unless a row names one: its family's, or user-supplied weights."""
+    family = models.family(backbone)
+    return family if family in recipes.load("pretrain") else SUPPLIED
+
+
+def _experiment(paper: str, table: dict, path) -> Experiment:
+    exp = table["experiment"]
+    where = f"{path}: table {table['id']!r}"
+    recipe = exp.get("recipe")
+    if exp["kind"] == "finetune" and recipe is None and not table.get("not_reproduced"):
+        raise registry.ConfigError(f"{where}: field 'experiment.recipe' is missing; name a recipe of "
+                                   f"config/recipes/finetune.yaml")
+    if recipe is not None and recipe not in recipes.load("finetune"):
+        raise registry.ConfigError(f"{where}: field 'experiment.recipe' is {recipe!r}; recipes: "
+                                   f"{', '.join(recipes.load('finetune'))}")
+    runs, skipped = [], []
+    registered = set(models.list_models())
+    for row in table["rows"]:
+        at = f"{where} row {row['id']!r}"
+        spec = row.get("run")
+        if spec is None:
+            if not row.get("not_run") and not table.get("not_reproduced"):
+                raise registry.ConfigError(f"{at}: has neither 'run' nor 'not_run'; say how the row is measured "
+                                           "or why it is not")
+            skipped.append((row["id"], row.get("not_run") or table["not_reproduced"]))
+            continue
+        for field in ("backbone", "baseline"):
+            if spec.get(field) is not None and spec[field] not in registered:
+                raise registry.ConfigError(f"{at}: field 'run.{field}' is {spec[field]!r}, not a registered model; "
+                                           "see `python -m pipeline tables` and models.list_models()")
+        pretrain = spec.get("pretrain") or default_pretrain(spec["backbone"])
+        if pretrain != SUPPLIED and pretrain not in recipes.load("pretrain"):
+            raise registry.ConfigError(f"{at}: field 'run.pretrain' is {pretrain!r}; recipes: "
+                                       f"{', '.join(recipes.load('pretrain'))}, {SUPPLIED}")
+        schedule = spec.get("schedule")
+        if exp["kind"] == "finetune" and pretrain != default_pretrain(spec["backbone"]):
+            raise registry.ConfigError(f"{at}: field 'run.pretrain' is {pretrain!r}; a fine-tuned backbone starts "
+                                       f"from its family's weights ({default_pretrain(spec['backbone'])})")
+        if exp["kind"] == "finetune":
+            if schedule not in recipes.schedules(recipe):
+                raise registry.ConfigError(f"{at}: field 'run.schedule' is {schedule!r}; schedules of {recipe}: "
+                                           f"{', '.join(recipes.schedules(recipe))}")
+        elif pretrain == SUPPLIED:
+            raise registry.ConfigError(f"{at}: an ImageNet row cannot use supplied weights; name a 'run.pretrain' "
+                                       "recipe")
+        runs.append(Run(paper, table["id"], row["id"], exp["kind"], spec["backbone"], pretrain,
+                        recipe if exp["kind"] == "finetune" else None, schedule, spec.get("baseline")))
+    number = table.get("number") or {"value": None, "verified": False}
+    return Experiment(table["target"], paper, table["id"], table["title"], exp["kind"], number["value"],
+                      number["verified"], number.get("note"), recipe, table.get("not_reproduced"), tuple(runs),
+                      tuple(skipped))
+
+
+@functools.lru_cache(maxsize=None)
+def experiments() -> dict[str, Experiment]:
+    """Every registry table with a target, keyed by target name."""
+    out = {}
+    for paper, doc in registry.papers().items():
+        path = registry.PAPERS_DIR / f"{paper}.yaml"
+        for table in doc["tables"]:
+            if "target" not in table:
+                continue
+            if "experiment" not in table:
+                raise registry.ConfigError(f"{path}: table {table['id']!r}: has a target but no 'experiment'")
+            if table["target"] in out:
+                raise registry.ConfigError(f"{path}: table {table['id']!r}: field 'target' {table['target']!r} "
+                                           "is used by another table")
+            out[table["target"]] = _experiment(paper, table, path)
+    return out
+
+
+def reproducible() -> dict[str, Experiment]:
+    return {k: e for k, e in experiments().items() if not e.not_reproduced and e.runs}
+
+
+def by_number(paper: str, number: int) -> Experiment:
+    """The experiment a paper's `table<N>` means; ConfigError when the registry records none."""
+    registry.paper(paper)
+    found = [e for e in experiments().values() if e.paper == paper and e.number == number]
+    if not found:
+        known = sorted(f"table{e.number} ({e.target})" for e in experiments().values()
+                       if e.paper == paper and e.number is not None)
+        raise registry.ConfigError(f"paper {paper!r} has no table {number} in the registry; known: "
+                                   f"{', '.join(known) or 'none'} (config/papers/{paper}.yaml)")
+    return found[0]
+
+
+# ---- datasets and paths
+
+
+def dataset(layout: str, scale: str, datasets: dict) -> str:
+    """The prepared dataset a job reads: the full one, or at smoke scale the embedded one of the same layout."""
+    if scale not in SCALES:
+        raise registry.ConfigError(f"config field 'scale' is {scale!r}; valid: {', '.join(SCALES)}")
+    embedded = scale == "smoke"
+    names = [n for n, d in datasets.items() if d.layout == layout and d.embedded == embedded]
+    if not names:
+        raise registry.ConfigError(f"config/datasets.yaml: no {'embedded ' if embedded else ''}dataset with "
+                                   f"layout {layout!r}")
+    return sorted(names)[0]
+
+
+def pretrain_dir(data: str, backbone: str, recipe: str, seed: int) -> str:
+    return f"results/pretrain/{data}/{backbone}/{recipe}/seed{seed}"
+
+
+def finetune_dir(data: str, task: str, backbone: str, recipe: str, schedule: str, seed: int) -> str:
+    return f"results/finetune/{data}/{task}/{backbone}/{recipe}/{schedule}/seed{seed}"
+
+
+def evaluate_dir(data: str, task: str, backbone: str, recipe: str, schedule: str, seed: int) -> str:
+    return f"results/evaluate/{data}/{task}/{backbone}/{recipe}/{schedule}/seed{seed}"
+
+
+def table_path(target: str) -> str:
+    return f"results/tables/{target}.json"
+
+
+def run_outputs(run: Run, scale: str, datasets: dict, seed: int) -> dict[str, str]:
+    """The files one run's numbers come from: `pretrain` metrics (ImageNet rows, and top-1 beside detection
+    rows when we pretrain), `evaluate` metrics (fine-tuning rows)."""
+    out = {}
+    imagenet = dataset("imagenet", scale, datasets)
+    if run.pretrain != SUPPLIED:
+        out["pretrain"] = f"{pretrain_dir(imagenet, run.backbone, run.pretrain, seed)}/metrics.json"
+    if run.kind == "finetune":
+        layout = DATA_LAYOUT[recipes.finetune(run.recipe, run.backbone, run.schedule)["dataset"]]
+        data = dataset(layout, scale, datasets)
+        out["evaluate"] = (f"{evaluate_dir(data, run.task, run.backbone, run.recipe, run.schedule, seed)}"
+                           "/metrics.json")
+    return out
+
+
+def table_inputs(target: str, scale: str, datasets: dict, seeds: list[int]) -> list[str]:
+    """Every metrics file `gather_table` reads for a target (baselines of delta rows included)."""
+    exp = experiments()[target]
+    files = []
+    for run in exp.runs:
+        for r in (run, run.with_backbone(run.baseline)) if run.baseline else (run,):
+            for seed in seeds:
+                files.extend(run_outputs(r, scale, datasets, seed).values())
+    return list(dict.fromkeys(files))
+
+
+# ---- job settings: the recipes turned into engine flags, full or smoke scale
+
+
+def flags(settings: dict) -> str:
+    """`--key value` flags (None values left out: the engine's default, "off")."""
+    out = []
+    for key, value in settings.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else f"--no-{key.replace('_', '-')}")
+        elif isinstance(value, (list, tuple)):
+            out.append(f"{flag} {','.join(str(v) for v in value)}")
+        else:
+            out.append(f"{flag} {value}")
+    return " ".join(out)
+
+
+def pretrain_settings(recipe: str, backbone: str, scale: str, smoke: dict, seed: int) -> dict:
+    """PretrainConfig fields for `backbone` under a pretraining recipe; smoke scale replaces the length,
+    batch and resolution and keeps everything else."""
+    r = recipes.pretrain(recipe, backbone)
+    settings = {
+        "epochs": r["epochs"] + r.get("cooldown_epochs", 0), "warmup_epochs": r["warmup_epochs"],
+        "batch_size": r["batch_size"], "img_size": r["img_size"], "optimizer": r["optimizer"],
+        "lr": r["lr_at_batch"], "min_lr": r["min_lr"], "warmup_lr": r["warmup_lr"],
+        "weight_decay": r["weight_decay"], "label_smoothing": r["label_smoothing"], "mixup": r["mixup"],
+        "cutmix": r["cutmix"], "mixup_switch_prob": r["mixup_switch_prob"], "randaugment": r["randaugment"],
+        "random_erasing": r["random_erasing"], "ema_decay": r["ema_decay"], "clip_grad": r["clip_grad"],
+        "drop_path_rate": r["drop_path"], "eval_crop_pct": r["eval_crop_pct"], "seed": seed,
+    }
+    if scale == "smoke":
+        settings.update(smoke)
+        settings["epochs"] = settings["warmup_epochs"] = 0
+        settings["lr"] = r["lr"] * settings["batch_size"] / r["lr_batch"]
+    return settings
+
+
+def finetune_settings(recipe: str, backbone: str, schedule: str, scale: str, smoke: dict, seed: int) -> dict:
+    """FinetuneConfig fields for one fine-tuning job; smoke scale replaces the length, batch and sizes."""
+    r = recipes.finetune(recipe, backbone, schedule)
+    settings = {
+        "task": r["framework"], "optimizer": r["optimizer"], "lr": r["lr"], "weight_decay": r["weight_decay"],
+        "batch_size": r["batch_size"], "warmup_iters": r["warmup_iters"], "warmup_ratio": r["warmup_ratio"],
+        "clip_grad": r["clip_grad"], "drop_path_rate": r.get("drop_path"), "layer_decay": r.get("layer_decay"),
+        "head_lr_mult": r.get("head_lr_mult"), "seed": seed,
+    }
+    if "epochs" in r:
+        settings.update(epochs=r["epochs"], steps=r["steps"])
+    else:
+        settings.update(iters=r["iters"], poly_power=r["poly_power"])
+    if "size" in r:
+        settings.update(size=r["size"], jitter_min=r["jitter"][0], jitter_max=r["jitter"][1])
+    elif "crop" in r:
+        # mmseg's random rescale of `scale` by `ratio_range`: the short side from scale[1] x ratio.
+        lo, hi = r["ratio_range"]
+        settings.update(short_side=[int(r["scale"][1] * lo), int(r["scale"][1] * hi)], sample="range",
+                        max_size=int(r["scale"][0] * hi), crop=r["crop"])
+    else:
+        settings.update(short_side=r["short_side"], sample=r.get("sample", "choice"), max_size=r["max_size"])
+    if scale == "smoke":
+        settings.update({k: v for k, v in smoke.items() if k not in ("short_side", "size", "crop")})
+        settings.pop("epochs", None)
+        settings["warmup_iters"] = min(settings["warmup_iters"], 1)
+        if "size" in settings:
+            settings["size"] = smoke["size"]
+        else:
+            settings["short_side"] = smoke["short_side"]
+            settings["sample"] = "choice"
+            if "crop" in settings:
+                settings["crop"] = smoke["crop"]
+    return settings
+
+
+def evaluate_settings(recipe: str, backbone: str, schedule: str, scale: str, smoke: dict) -> dict:
+    r = recipes.finetune(recipe, backbone, schedule)
+    if scale == "smoke":
+        return dict(smoke)
+    min_size, max_size = r["test_size"]
+    return {"min_size": min_size, "max_size": max_size}
+

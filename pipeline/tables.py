@@ -1,0 +1,142 @@
+"""Gather one paper table: every row's measured metrics (keyed like the registry), beside the paper's numbers,
+with the recipe hash and the code version that produced them.
+
+    python -m pipeline.tables --target pvt_table5 --scale smoke --seeds 0 --data-root data \
+        --out results/tables/pvt_table5.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline import experiments, recipes, registry
+from pipeline.data import sources
+from pipeline.io import atomic_write_json
+from pipeline.logs import setup_logging
+
+ROOT = registry.ROOT
+
+
+def code_version() -> str:
+    """The git commit the results come from, `+dirty` when the work tree has changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit + ("+dirty" if dirty else "")
+
+
+def recipe_hash(run: experiments.Run) -> str:
+    """SHA-256 over the resolved recipe values the run's jobs use (pretraining and fine-tuning)."""
+    parts = {}
+    if run.pretrain != experiments.SUPPLIED:
+        parts["pretrain"] = recipes.pretrain(run.pretrain, run.backbone)
+    if run.recipe:
+        parts["finetune"] = recipes.finetune(run.recipe, run.backbone, run.schedule)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _numbers(path: str) -> dict:
+    doc = json.loads(Path(path).read_text())
+    return {k: v for k, v in doc.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def measured_value(name: str, run_metrics: dict, baseline_metrics: dict | None):
+    """A registry metric from measured ones: the same key; `top1_err` = 100 - top1; `X_delta[...]` = X of the
+    run minus X of its baseline; `mIoU_ss` = the single-scale mIoU. None when the pipeline does not measure it."""
+    if name in run_metrics:
+        return run_metrics[name]
+    by_lower = {k.lower(): v for k, v in run_metrics.items()}
+    if "_delta" not in name and name.lower() in by_lower:  # the registry keeps some sources' spelling (box_ap)
+        return by_lower[name.lower()]
+    if name == "top1_err" and "top1" in run_metrics:
+        return 100.0 - run_metrics["top1"]
+    if name == "mIoU_ss":
+        return run_metrics.get("mIoU")
+    if "_delta" in name and baseline_metrics is not None:
+        base = name.split("_delta")[0]
+        mine = measured_value(base, run_metrics, None)
+        theirs = measured_value(base, baseline_metrics, None)
+        if mine is not None and theirs is not None:
+            return mine - theirs
+    return None
+
+
+def gather(target: str, scale: str, seeds: list[int], data_root: str) -> dict:
+    exp = experiments.experiments()[target]
+    datasets = sources.datasets(data_root)
+    table = registry.table(exp.paper, exp.table)
+    paper_rows = {r["id"]: r for r in table["rows"]}
+
+    def metrics_of(run, seed):
+        out = {}
+        for path in experiments.run_outputs(run, scale, datasets, seed).values():
+            out.update(_numbers(path))
+        return out
+
+    rows = []
+    for run in exp.runs:
+        paper_row = paper_rows[run.row]
+        per_seed = {}
+        for seed in seeds:
+            mine = metrics_of(run, seed)
+            base = metrics_of(run.with_backbone(run.baseline), seed) if run.baseline else None
+            per_seed[seed] = {name: measured_value(name, mine, base) for name in paper_row["metrics"]}
+            per_seed[seed]["_all"] = mine
+        measured = {}
+        for name in paper_row["metrics"]:
+            values = [per_seed[s][name] for s in seeds if per_seed[s][name] is not None]
+            measured[name] = statistics.fmean(values) if values else None
+        rows.append({
+            "id": run.row, "row": paper_row["row"], "backbone": run.backbone, "pretrain": run.pretrain,
+            "recipe": run.recipe, "schedule": run.schedule, "baseline": run.baseline,
+            "paper": paper_row["metrics"], "measured": measured,
+            "per_seed": {str(s): {k: v for k, v in per_seed[s].items() if k != "_all"} for s in seeds},
+            "all_measured": {str(s): per_seed[s]["_all"] for s in seeds},
+            "recipe_sha256": recipe_hash(run),
+            "evidence": paper_row["evidence"], "source": paper_row["source"],
+        })
+    return {
+        "target": target, "paper": exp.paper, "table": exp.table, "title": exp.title,
+        "number": {"value": exp.number, "verified": exp.verified, "note": exp.number_note},
+        "scale": scale, "seeds": seeds, "code_version": code_version(),
+        "rows": rows,
+        "not_run": [{"id": rid, "row": paper_rows[rid]["row"], "why": why} for rid, why in exp.skipped],
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="gather a paper table's measured metrics into one JSON")
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--scale", default="full", choices=experiments.SCALES)
+    parser.add_argument("--seeds", default="0", help="comma-separated")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--log")
+    args = parser.parse_args(argv)
+    log = setup_logging(args.log, "tables")
+    try:
+        doc = gather(args.target, args.scale, [int(s) for s in args.seeds.split(",")], args.data_root)
+    except (registry.ConfigError, FileNotFoundError, KeyError) as e:
+        log.error("%s", e)
+        return 1
+    atomic_write_json(args.out, doc)
+    for row in doc["rows"]:
+        shown = ", ".join(f"{k} {v:.2f} (paper {row['paper'][k]})" for k, v in row["measured"].items()
+                          if v is not None)
+        log.info("%s: %s", row["id"], shown or "no comparable metric")
+    log.info("%s: %d rows measured, %d not run -> %s", args.target, len(doc["rows"]), len(doc["not_run"]), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
