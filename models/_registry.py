@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from pathlib import Path
 from typing import Callable
 
@@ -105,6 +106,9 @@ def build(cls: type[nn.Module], variant, name: str, pretrained=None, **kwargs) -
         raise CheckpointError(f"{name}: weights are not fetched from a hub; pass pretrained=<path to a checkpoint>")
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # passed by timm.create_model
         kwargs.pop(key, None)
+    # Networks without size-dependent parameters (LVT) take any input; the training code passes img_size to all.
+    if "img_size" in kwargs and "img_size" not in inspect.signature(cls).parameters:
+        kwargs.pop("img_size")
     model = cls(variant, **kwargs)
     if pretrained:
         load_checkpoint(model, pretrained, name)

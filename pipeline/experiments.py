@@ -249,6 +249,7 @@ def pretrain_settings(recipe: str, backbone: str, scale: str, smoke: dict, seed:
         settings.update(smoke)
         settings["epochs"] = settings["warmup_epochs"] = 0
         settings["lr"] = r["lr"] * settings["batch_size"] / r["lr_batch"]
+        settings["min_lr"] = min(settings["min_lr"], settings["lr"])
     return settings
 
 

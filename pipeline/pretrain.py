@@ -12,27 +12,32 @@ step and RNG states), written atomically every `--checkpoint-every` steps and at
 re-run with the same work dir continues from it. Each sample's augmentation is seeded from (seed, epoch,
 index), and the batch order from (seed, epoch), so a resumed run sees exactly the batches an uninterrupted
 one would.
+
+DDP: started by torchrun (or any launcher that sets RANK/WORLD_SIZE/LOCAL_RANK and MASTER_ADDR/PORT), each of
+the WORLD_SIZE processes takes its slice of every global batch (`--batch-size` is the global batch) and the
+gradients are averaged; rank 0 writes checkpoints, metrics and the log.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import os
-
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from timm.data import Mixup, create_transform
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
@@ -164,6 +169,19 @@ def evaluate(model, loader, channels_last: bool, device: torch.device = torch.de
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device): one process per GPU under torchrun/SLURM, or the single local process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
+
+
 def set_deterministic(on: bool) -> None:
     """Bit-reproducible kernels (at some speed cost); a resumed run then matches an uninterrupted one."""
     if on:
@@ -182,14 +200,19 @@ def build_optimizer(model, cfg: PretrainConfig) -> torch.optim.Optimizer:
 
 
 def train(cfg: PretrainConfig) -> dict:
-    log = setup_logging(cfg.log, "pretrain")
+    rank, world, device = init_distributed()
+    log = setup_logging(cfg.log if rank == 0 else None, "pretrain")
+    if rank:
+        log.setLevel("WARNING")
     if cfg.amp not in ("off", *AMP_DTYPES):
         raise TrainingError(f"--amp {cfg.amp!r}: valid values are off, bf16, fp16")
     set_deterministic(cfg.deterministic)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.batch_size % world:
+        raise TrainingError(f"--batch-size {cfg.batch_size} is the global batch; it must divide among {world} "
+                            "processes")
     work = Path(cfg.work_dir)
     data = Path(cfg.data)
     fingerprint = {k: v for k, v in asdict(cfg).items()
@@ -198,7 +221,10 @@ def train(cfg: PretrainConfig) -> dict:
     if manifest.exists():
         fingerprint["data_index_sha256"] = json.loads(manifest.read_text())["index_sha256"]
     # `steps` may grow between runs (training is extended); anything else starts a fresh run.
-    claim_work_dir(work, fingerprint, log)
+    if rank == 0:
+        claim_work_dir(work, fingerprint, log)
+    if world > 1:
+        dist.barrier()
 
     train_tf = create_transform(cfg.img_size, is_training=True, interpolation="bicubic", hflip=0.5,
                                 auto_augment=cfg.randaugment or None, re_prob=cfg.random_erasing,
@@ -216,6 +242,8 @@ def train(cfg: PretrainConfig) -> dict:
     model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
     optimizer = build_optimizer(model, cfg)
     scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=warmup,
                                   warmup_lr_init=cfg.warmup_lr, t_in_epochs=False)
@@ -247,20 +275,24 @@ def train(cfg: PretrainConfig) -> dict:
                  cfg.mixup, cfg.cutmix, cfg.randaugment or "off", cfg.ema_decay or "off", cfg.amp)
 
     def save_state() -> None:
+        if rank:
+            return
         atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                            "ema": ema.state_dict() if ema is not None else None, "step": step,
                            "rng": _rng_state(), "config": asdict(cfg)}, state_file)
 
-    bar = tqdm(total=total, initial=step, desc=f"pretrain {cfg.model}", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=f"pretrain {cfg.model}", unit="step", dynamic_ncols=True,
+               disable=rank > 0)
+    local = cfg.batch_size // world
     start = time.perf_counter()
     model.train()
     loss_value = float("nan")
     while step < total:
         epoch, pos = divmod(step, per_epoch)
         batches = _batches(len(train_set), cfg.batch_size, cfg.seed, epoch)[pos:]
-        order = [i for b in batches for i in b]
-        loader = DataLoader(_Subset(train_set, order, cfg.seed * 1_000 + epoch), batch_size=cfg.batch_size,
+        order = [i for b in batches for i in b[rank * local:(rank + 1) * local]]
+        loader = DataLoader(_Subset(train_set, order, cfg.seed * 1_000 + epoch), batch_size=local,
                             shuffle=False, num_workers=cfg.workers, drop_last=True)
         for images, targets in loader:
             images, targets = images.to(device), targets.to(device)
@@ -269,10 +301,13 @@ def train(cfg: PretrainConfig) -> dict:
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=AMP_DTYPES.get(cfg.amp), enabled=cfg.amp != "off"):
-                logits = model(images)
+                logits = net(images)
                 loss = (soft_loss(logits, targets) if mixup is not None
                         else F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing))
-            loss_value = loss.item()
+            reduced = loss.detach().clone()
+            if world > 1:
+                dist.all_reduce(reduced)
+            loss_value = reduced.item() / world
             if not math.isfinite(loss_value):
                 raise TrainingError(f"loss is {loss_value} at step {step + 1} ({cfg.model}, lr "
                                     f"{optimizer.param_groups[0]['lr']:.2e}); lower the lr or check the data")
@@ -295,6 +330,10 @@ def train(cfg: PretrainConfig) -> dict:
             if step == total:
                 break
     bar.close()
+    if rank:
+        dist.barrier()
+        dist.destroy_process_group()
+        return {}
 
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, num_workers=cfg.workers)
     metrics = evaluate(model, val_loader, cfg.channels_last, device)
@@ -308,6 +347,9 @@ def train(cfg: PretrainConfig) -> dict:
     atomic_write_json(cfg.metrics, metrics)
     log.info("done: top1 %.1f top5 %.1f on %d val images -> %s", metrics["top1"], metrics["top5"],
              metrics["val_images"], cfg.output)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
     return metrics
 
 

@@ -31,6 +31,25 @@ def job_counts(stdout: str) -> dict[str, int]:
     return counts
 
 
+TRACKED = ["Snakefile", "dvc.yaml", ".dvcignore", "config", "pipeline", "models", "profiles", "envs"]
+
+
+def copy_project(dst: Path) -> Path:
+    """The tracked project files in a fresh folder (sharing this checkout's .venv), to run Snakemake or DVC in
+    without touching the checkout's results."""
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TRACKED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst / name)
+    (dst / ".venv").symlink_to(ROOT / ".venv")
+    return dst
+
+
 @pytest.fixture(scope="session")
 def root():
     return ROOT

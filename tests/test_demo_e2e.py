@@ -7,9 +7,7 @@ import shutil
 
 import yaml
 
-from conftest import BIN, ROOT, run
-
-TRACKED = ["Snakefile", "dvc.yaml", ".dvcignore", "config", "pipeline", "models", "profiles", "envs"]
+from conftest import BIN, ROOT, copy_project, run
 
 SMOKE = {
     "pretrain": {"steps": 4, "batch_size": 4, "img_size": 64, "checkpoint_every": 2, "warmup_steps": 1},
@@ -19,15 +17,9 @@ SMOKE = {
 
 
 def _copy_project(dst):
-    for name in TRACKED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst / name)
+    copy_project(dst)
     (dst / ".dvc").mkdir()
     shutil.copy2(ROOT / ".dvc" / "config", dst / ".dvc" / "config")
-    (dst / ".venv").symlink_to(ROOT / ".venv")
     (dst / ".gitignore").write_text("/.venv\n/data/\n/logs/\n/.snakemake/\n__pycache__/\n")
     config = yaml.safe_load((dst / "config" / "config.yaml").read_text())
     for section, values in SMOKE.items():

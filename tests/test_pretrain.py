@@ -7,10 +7,13 @@ import time
 
 import torch
 
-from conftest import PYTHON, ROOT, run
+from conftest import BIN, PYTHON, ROOT, run
 
+# The DeiT recipe's random pieces (Mixup/CutMix, RandAugment, random erasing) and the EMA, in deterministic mode:
+# the resumed run must replay them exactly.
 SMALL = ["--model", "pvt_tiny", "--steps", "6", "--batch-size", "4", "--img-size", "64",
-         "--checkpoint-every", "2", "--warmup-steps", "1"]
+         "--checkpoint-every", "2", "--warmup-steps", "1", "--deterministic", "--mixup", "0.8", "--cutmix", "1.0",
+         "--randaugment", "rand-m9-mstd0.5-inc1", "--random-erasing", "0.25", "--ema-decay", "0.99"]
 
 
 def _args(data, out):
@@ -38,10 +41,11 @@ def test_killed_run_resumes_to_identical_weights(embedded_data, tmp_path):
     run(_args(data, killed))
     log = (killed / "log").read_text()
     assert f"resuming from {state} at step {saved_step} of 6" in log
-    a = torch.load(straight / "model.pth", weights_only=True)["model"]
-    b = torch.load(killed / "model.pth", weights_only=True)["model"]
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("model", "ema"):
+        a = torch.load(straight / "model.pth", weights_only=True)[key]
+        b = torch.load(killed / "model.pth", weights_only=True)[key]
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), key
     assert json.loads((killed / "metrics.json").read_text())["top1"] == json.loads(
         (straight / "metrics.json").read_text())["top1"]
 
@@ -64,3 +68,26 @@ def test_non_finite_loss_stops_with_the_step(embedded_data, tmp_path):
     assert proc.returncode == 1
     assert "loss is" in proc.stderr and "at step" in proc.stderr
     assert not (tmp_path / "m.pth").exists()
+
+
+def test_ddp_over_two_processes_matches_one_process(embedded_data, tmp_path):
+    """torchrun with two CPU processes (gloo): each takes half of every global batch; the averaged gradients
+    give the weights one process gets on the whole batch (LayerNorm model, no drop path: nothing per-rank). SGD,
+    because Adam's normalisation turns the float noise of zero-in-theory gradients (the key bias) into steps."""
+    data = embedded_data / "imagenet-embedded"
+    common = ["--model", "pvt_tiny", "--steps", "2", "--batch-size", "4", "--img-size", "64", "--warmup-steps", "1",
+              "--drop-path-rate", "0", "--checkpoint-every", "1", "--deterministic", "--optimizer", "sgd",
+              "--lr", "0.01", "--data", str(data)]
+
+    def outputs(out):  # (no --log: torchrun's own parser takes it for an abbreviation of its --log-dir)
+        return ["--work-dir", str(out / "state"), "--output", str(out / "model.pth"),
+                "--metrics", str(out / "metrics.json")]
+
+    run([PYTHON, "-m", "pipeline.pretrain", *common, *outputs(tmp_path / "one")])
+    run([BIN / "torchrun", "--standalone", "--nproc-per-node", "2", "-m", "pipeline.pretrain", *common,
+         *outputs(tmp_path / "two")], env={"OMP_NUM_THREADS": "1"})
+    a = torch.load(tmp_path / "one" / "model.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "two" / "model.pth", weights_only=True)["model"]
+    changed = torch.load(tmp_path / "two" / "state" / "last.pth", weights_only=True)["step"]
+    assert changed == 2
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)

@@ -65,3 +65,53 @@ def test_unknown_recipe_is_one_clear_error():
 
     with pytest.raises(ConfigError, match="no recipe 'pvtt'; recipes: pvt, hornet"):
         recipes.pretrain("pvtt", "pvt_tiny")
+
+
+def test_finetune_recipes_cite_sources_and_name_known_schedules():
+    for name, recipe in recipes.load("finetune").items():
+        for field, (kind, ref) in recipes.provenance("finetune", name).items():
+            assert kind in ("paper", "official", "assumed") and ref.strip(), (name, field)
+        assert recipes.schedules(name)
+
+
+def test_pvt_detection_and_segmentation_recipes_match_the_paper():
+    # PVT §5.2 (mmdet v2.13) and §5.3 (mmseg v0.13), shared/papers/pvt.md §D.
+    one = recipes.finetune("pvt_retinanet", "pvt_small", "1x")
+    three = recipes.finetune("pvt_mask_rcnn", "pvt_small", "3x_ms")
+    assert (one["lr"], one["weight_decay"], one["batch_size"], one["epochs"], one["steps"]) == (1e-4, 1e-4, 16, 12,
+                                                                                              [8, 11])
+    assert (one["warmup_iters"], one["warmup_ratio"], one["short_side"], one["max_size"]) == (500, 0.001, [800], 1333)
+    assert (three["epochs"], three["short_side"], three["sample"]) == (36, [640, 800], "range")
+    seg = recipes.finetune("pvt_semantic_fpn", "pvt_small", "80k")
+    assert (seg["framework"], seg["iters"], seg["poly_power"], seg["lr"], seg["batch_size"]) == (
+        "semantic_fpn", 80000, 0.9, 1e-4, 16)
+    assert recipes.resources("finetune", "pvt_semantic_fpn", "pvt_small", "80k")["gpus"] == 4  # §5.3: 4 V100
+
+
+def test_hornet_dense_recipes_match_the_official_configs():
+    # shared/papers/hornet.md §D: Cascade Mask R-CNN 3x and UperNet 160k.
+    t = recipes.finetune("hornet_cascade_mask_rcnn", "hornet_tiny_gf", "3x_ms")
+    b = recipes.finetune("hornet_cascade_mask_rcnn", "hornet_base_gf", "3x_ms")
+    assert (t["epochs"], t["steps"], t["lr"], t["weight_decay"]) == (36, [27, 33], 2e-4, 0.05)
+    assert (t["layer_decay"], b["layer_decay"], t["drop_path"], b["drop_path"]) == (0.7, 0.8, 0.4, 0.7)
+    assert t["short_side"] == list(range(480, 801, 32))
+    u = recipes.finetune("hornet_upernet", "hornet_small_7x7", "160k")
+    assert (u["iters"], u["lr"], u["weight_decay"], u["warmup_iters"], u["layer_decay"], u["drop_path"]) == (
+        160000, 1e-4, 0.05, 1500, 0.9, 0.3)
+    assert recipes.resources("pretrain", "hornet", "hornet_tiny_7x7") == {"gpus": 8, "nodes": 4, "minutes": 72 * 60}
+
+
+def test_lvt_dense_recipes_match_the_official_configs():
+    # shared/papers/lvt.md §D: SegFormer 160k and Panoptic FPN 1x/3x.
+    seg = recipes.finetune("lvt_segformer", "lvt", "160k")
+    assert (seg["lr"], seg["weight_decay"], seg["head_lr_mult"], seg["poly_power"], seg["crop"]) == (
+        6e-5, 0.01, 10.0, 1.0, 512)
+    one, three = (recipes.finetune("lvt_panoptic_fpn", "lvt", s) for s in ("1x", "3x_ms"))
+    assert (one["lr"], three["lr"], three["short_side"], one["weight_decay"]) == (4e-4, 3e-4, [640, 800], 1e-4)
+
+
+def test_botnet_schedules_carry_the_three_jitter_ranges():
+    plans = recipes.schedules("botnet_mask_rcnn")
+    assert {tuple(p["jitter"]) for p in plans.values()} == {(0.8, 1.25), (0.5, 2.0), (0.1, 2.0)}
+    assert {p["size"] for p in plans.values()} == {1024}
+    assert recipes.provenance("finetune", "botnet_mask_rcnn")["schedules"][0] == "assumed"
