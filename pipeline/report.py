@@ -52,7 +52,7 @@ def demo_report(row_ref: dict, pretrain_metrics: Path, eval_metrics: Path, out: 
         f"top-5 {pre['top5']:.1f} % on its {pre['val_images']} val photos "
         f"(`{pretrain_metrics}`).",
         f"- Mask R-CNN + FPN (detectron2 v0.6) fine-tuned from that checkpoint for {ft['iters']} iterations "
-        f"(batch {ft['batch_size']}, short side {ft['min_size']}) on the embedded COCO-format train split.",
+        f"(batch {ft['batch_size']}, short side {ft['short_side']}) on the embedded COCO-format train split.",
         f"- Evaluated on the embedded val split ({ev['images']} image) with {ev['evaluator']}, "
         f"score threshold {ev['score_thresh']} (`{eval_metrics}`).",
         f"- Paper numbers: `config/papers/{row.paper}.yaml`, table `{row.table}`, row `{row.id}` "
