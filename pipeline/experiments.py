@@ -43,10 +43,6 @@ class Run:
     schedule: str | None = None
     baseline: str | None = None
 
-    @property
-    def task(self) -> str | None:
-        return recipes.finetune(self.recipe, self.backbone, self.schedule)["framework"] if self.recipe else None
-
     def with_backbone(self, backbone: str) -> "Run":
         return Run(self.paper, self.table, self.row, self.kind, backbone, self.pretrain, self.recipe,
                    self.schedule)
@@ -144,16 +140,22 @@ def reproducible() -> dict[str, Experiment]:
     return {k: e for k, e in experiments().items() if not e.not_reproduced and e.runs}
 
 
-def by_number(paper: str, number: int) -> Experiment:
-    """The experiment a paper's `table<N>` means; ConfigError when the registry records none."""
-    registry.paper(paper)
-    found = [e for e in experiments().values() if e.paper == paper and e.number == number]
-    if not found:
-        known = sorted(f"table{e.number} ({e.target})" for e in experiments().values()
-                       if e.paper == paper and e.number is not None)
-        raise registry.ConfigError(f"paper {paper!r} has no table {number} in the registry; known: "
-                                   f"{', '.join(known) or 'none'} (config/papers/{paper}.yaml)")
-    return found[0]
+def numbered(paper: str) -> dict[int, list[Experiment]]:
+    """What a paper's `table<N>` means, per recorded number (more than one experiment may share a number)."""
+    out: dict[int, list[Experiment]] = {}
+    for e in experiments().values():
+        if e.paper == paper and e.number is not None:
+            out.setdefault(e.number, []).append(e)
+    return dict(sorted(out.items()))
+
+
+def check_supplied_weights(weights: dict) -> None:
+    """`pretrained_weights` in the config may only name models the pipeline does not pretrain itself."""
+    supplied = [m for m in models.list_models() if default_pretrain(m) == SUPPLIED]
+    for name in weights:
+        if name not in supplied:
+            raise registry.ConfigError(f"config field 'pretrained_weights.{name}': user weights are for the models "
+                                       f"the pipeline does not pretrain: {', '.join(supplied)}")
 
 
 # ---- datasets and paths
@@ -175,12 +177,9 @@ def pretrain_dir(data: str, backbone: str, recipe: str, seed: int) -> str:
     return f"results/pretrain/{data}/{backbone}/{recipe}/seed{seed}"
 
 
-def finetune_dir(data: str, task: str, backbone: str, recipe: str, schedule: str, seed: int) -> str:
-    return f"results/finetune/{data}/{task}/{backbone}/{recipe}/{schedule}/seed{seed}"
-
-
-def evaluate_dir(data: str, task: str, backbone: str, recipe: str, schedule: str, seed: int) -> str:
-    return f"results/evaluate/{data}/{task}/{backbone}/{recipe}/{schedule}/seed{seed}"
+def dense_dir(stage: str, data: str, task: str, backbone: str, recipe: str, schedule: str, seed) -> str:
+    """Where a fine-tuning job (`stage` finetune) or its evaluation (`stage` evaluate) writes."""
+    return f"results/{stage}/{data}/{task}/{backbone}/{recipe}/{schedule}/seed{seed}"
 
 
 def table_path(target: str) -> str:
@@ -195,10 +194,10 @@ def run_outputs(run: Run, scale: str, datasets: dict, seed: int) -> dict[str, st
     if run.pretrain != SUPPLIED:
         out["pretrain"] = f"{pretrain_dir(imagenet, run.backbone, run.pretrain, seed)}/metrics.json"
     if run.kind == "finetune":
-        layout = DATA_LAYOUT[recipes.finetune(run.recipe, run.backbone, run.schedule)["dataset"]]
-        data = dataset(layout, scale, datasets)
-        out["evaluate"] = (f"{evaluate_dir(data, run.task, run.backbone, run.recipe, run.schedule, seed)}"
-                           "/metrics.json")
+        recipe = recipes.finetune(run.recipe, run.backbone, run.schedule)
+        data = dataset(DATA_LAYOUT[recipe["dataset"]], scale, datasets)
+        where = dense_dir("evaluate", data, recipe["framework"], run.backbone, run.recipe, run.schedule, seed)
+        out["evaluate"] = f"{where}/metrics.json"
     return out
 
 

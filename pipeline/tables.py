@@ -86,12 +86,11 @@ def gather(target: str, scale: str, seeds: list[int], data_root: str) -> dict:
     rows = []
     for run in exp.runs:
         paper_row = paper_rows[run.row]
-        per_seed = {}
+        per_seed, everything = {}, {}
         for seed in seeds:
-            mine = metrics_of(run, seed)
+            everything[seed] = metrics_of(run, seed)
             base = metrics_of(run.with_backbone(run.baseline), seed) if run.baseline else None
-            per_seed[seed] = {name: measured_value(name, mine, base) for name in paper_row["metrics"]}
-            per_seed[seed]["_all"] = mine
+            per_seed[seed] = {name: measured_value(name, everything[seed], base) for name in paper_row["metrics"]}
         measured = {}
         for name in paper_row["metrics"]:
             values = [per_seed[s][name] for s in seeds if per_seed[s][name] is not None]
@@ -100,8 +99,8 @@ def gather(target: str, scale: str, seeds: list[int], data_root: str) -> dict:
             "id": run.row, "row": paper_row["row"], "backbone": run.backbone, "pretrain": run.pretrain,
             "recipe": run.recipe, "schedule": run.schedule, "baseline": run.baseline,
             "paper": paper_row["metrics"], "measured": measured,
-            "per_seed": {str(s): {k: v for k, v in per_seed[s].items() if k != "_all"} for s in seeds},
-            "all_measured": {str(s): per_seed[s]["_all"] for s in seeds},
+            "per_seed": {str(s): per_seed[s] for s in seeds},
+            "all_measured": {str(s): everything[s] for s in seeds},
             "recipe_sha256": recipe_hash(run),
             "evidence": paper_row["evidence"], "source": paper_row["source"],
         })

@@ -122,3 +122,9 @@ def test_smoke_datasets_are_the_embedded_ones():
     assert experiments.dataset("ade20k", "full", ds) == "ade20k"
     with pytest.raises(registry.ConfigError, match="'scale'"):
         experiments.dataset("coco", "tiny", ds)
+
+
+def test_user_weights_only_for_models_the_pipeline_does_not_pretrain():
+    experiments.check_supplied_weights({"resnet50_torchvision": "/w/resnet50.pth"})
+    with pytest.raises(registry.ConfigError, match="pretrained_weights.pvt_tiny.*resnet50_torchvision"):
+        experiments.check_supplied_weights({"pvt_tiny": "/w/pvt_tiny.pth"})

@@ -16,14 +16,7 @@ try:
                  config["demo"]["compare"]["row"])
     DATASETS = data_sources.datasets(config["data_root"])
     EXPERIMENTS = experiments.experiments()
-    for _backbone in config["pretrained_weights"]:
-        if experiments.default_pretrain(_backbone) != experiments.SUPPLIED:
-            raise registry.ConfigError(f"config field 'pretrained_weights.{_backbone}': the pipeline pretrains "
-                                       f"{_backbone} itself; user weights are for: "
-                                       + ", ".join(m for m in __import__('models').list_models()
-                                                   if experiments.default_pretrain(m) == experiments.SUPPLIED))
-except KeyError as e:
-    raise WorkflowError(f"config field 'pretrained_weights': {e.args[0]}") from None
+    experiments.check_supplied_weights(config["pretrained_weights"])
 except registry.ConfigError as e:
     raise WorkflowError(str(e)) from None
 
@@ -45,6 +38,6 @@ wildcard_constraints:
     target=r"[a-z0-9_]+",
 
 
-def cli_args(settings: dict) -> str:
-    """--key value flags for a pipeline command, from a config section."""
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
+def scale_of(wildcards) -> str:
+    """A job's scale follows its dataset: the embedded sets are smoke scale."""
+    return "smoke" if DATASETS[wildcards.dataset].embedded else "full"

@@ -2,15 +2,11 @@
 # seed. The ImageNet weights come from the backbone family's pretraining recipe, or are user-supplied.
 
 
-def _scale(wildcards) -> str:
-    return "smoke" if DATASETS[wildcards.dataset].embedded else "full"
-
-
 def finetune_settings(wildcards) -> str:
     if wildcards.recipe == "demo":
-        return cli_args({"task": wildcards.task, **DEMO["finetune"]})
+        return experiments.flags({"task": wildcards.task, **DEMO["finetune"]})
     settings = experiments.finetune_settings(wildcards.recipe, wildcards.backbone, wildcards.schedule,
-                                             _scale(wildcards), config["smoke"]["finetune"], int(wildcards.seed))
+                                             scale_of(wildcards), config["smoke"]["finetune"], int(wildcards.seed))
     if settings["task"] != wildcards.task:
         raise WorkflowError(f"recipe {wildcards.recipe} trains {settings['task']}, not {wildcards.task}")
     return experiments.flags(settings)
@@ -18,18 +14,20 @@ def finetune_settings(wildcards) -> str:
 
 def pretrained_checkpoint(wildcards) -> str:
     """The ImageNet checkpoint a fine-tuning job starts from (same seed, same scale)."""
-    imagenet = experiments.dataset("imagenet", _scale(wildcards), DATASETS)
+    imagenet = experiments.dataset("imagenet", scale_of(wildcards), DATASETS)
     recipe = "demo" if wildcards.recipe == "demo" else experiments.default_pretrain(wildcards.backbone)
     return f"{experiments.pretrain_dir(imagenet, wildcards.backbone, recipe, wildcards.seed)}/model.pth"
 
 
 def finetune_resources(wildcards) -> dict:
-    if wildcards.recipe == "demo" or _scale(wildcards) == "smoke":
+    if wildcards.recipe == "demo" or scale_of(wildcards) == "smoke":
         return SMOKE_RESOURCES
     return recipes.resources("finetune", wildcards.recipe, wildcards.backbone, wildcards.schedule)
 
 
-FINETUNE_DIR = "{dataset}/{task}/{backbone}/{recipe}/{schedule}/seed{seed}"
+JOB = ("{dataset}", "{task}", "{backbone}", "{recipe}", "{schedule}", "{seed}")
+FINETUNE_DIR = experiments.dense_dir("finetune", *JOB)
+EVALUATE_DIR = experiments.dense_dir("evaluate", *JOB)
 
 
 rule finetune:
@@ -37,14 +35,14 @@ rule finetune:
         manifest=f"{DATA}/{{dataset}}.manifest.json",
         pretrained=pretrained_checkpoint,
     output:
-        model=f"results/finetune/{FINETUNE_DIR}/model_final.pth",
+        model=f"{FINETUNE_DIR}/model_final.pth",
     log:
-        f"logs/finetune/{FINETUNE_DIR}.log",
+        "logs/finetune/{dataset}/{task}/{backbone}/{recipe}/{schedule}/seed{seed}.log",
     wildcard_constraints:
         task="|".join(TASKS),
     params:
         settings=finetune_settings,
-        work_dir=lambda wc: f"results/finetune/{FINETUNE_DIR.format(**wc)}/state",
+        work_dir=lambda wc: f"{FINETUNE_DIR.format(**wc)}/state",
     resources:
         gpu=lambda wc: finetune_resources(wc)["gpus"],
         nodes=lambda wc: finetune_resources(wc)["nodes"],
@@ -57,24 +55,24 @@ rule finetune:
 
 def evaluate_settings(wildcards) -> str:
     if wildcards.recipe == "demo":
-        return cli_args(DEMO["evaluate"])
+        return experiments.flags(DEMO["evaluate"])
     return experiments.flags(experiments.evaluate_settings(wildcards.recipe, wildcards.backbone, wildcards.schedule,
-                                                           _scale(wildcards), config["smoke"]["evaluate"]))
+                                                           scale_of(wildcards), config["smoke"]["evaluate"]))
 
 
 rule evaluate:
     input:
         manifest=f"{DATA}/{{dataset}}.manifest.json",
-        model=f"results/finetune/{FINETUNE_DIR}/model_final.pth",
+        model=f"{FINETUNE_DIR}/model_final.pth",
     output:
-        metrics=f"results/evaluate/{FINETUNE_DIR}/metrics.json",
+        metrics=f"{EVALUATE_DIR}/metrics.json",
     log:
-        f"logs/evaluate/{FINETUNE_DIR}.log",
+        "logs/evaluate/{dataset}/{task}/{backbone}/{recipe}/{schedule}/seed{seed}.log",
     params:
         settings=evaluate_settings,
-        work_dir=lambda wc: f"results/evaluate/{FINETUNE_DIR.format(**wc)}/eval",
+        work_dir=lambda wc: f"{EVALUATE_DIR.format(**wc)}/eval",
     resources:
-        gpu=lambda wc: 0 if _scale(wc) == "smoke" else 1,
+        gpu=lambda wc: 0 if scale_of(wc) == "smoke" else 1,
     shell:
         "{PYTHON} -m pipeline.evaluate --checkpoint {input.model} --data {DATA}/{wildcards.dataset}"
         " --metrics {output.metrics} --work-dir {params.work_dir} --log {log} {params.settings}"

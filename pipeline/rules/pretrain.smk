@@ -2,16 +2,18 @@
 # dir beside the outputs. Baselines whose ImageNet weights the user supplies are imported, not trained.
 
 
+PRETRAIN_DIR = experiments.pretrain_dir("{dataset}", "{backbone}", "{recipe}", "{seed}")
+
+
 def pretrain_settings(wildcards) -> str:
     if wildcards.recipe == "demo":
-        return cli_args(DEMO["pretrain"])
-    scale = "smoke" if DATASETS[wildcards.dataset].embedded else "full"
-    return experiments.flags(experiments.pretrain_settings(wildcards.recipe, wildcards.backbone, scale,
+        return experiments.flags(DEMO["pretrain"])
+    return experiments.flags(experiments.pretrain_settings(wildcards.recipe, wildcards.backbone, scale_of(wildcards),
                                                            config["smoke"]["pretrain"], int(wildcards.seed)))
 
 
 def pretrain_resources(wildcards) -> dict:
-    if wildcards.recipe == "demo" or DATASETS[wildcards.dataset].embedded:
+    if wildcards.recipe == "demo" or scale_of(wildcards) == "smoke":
         return SMOKE_RESOURCES
     return recipes.resources("pretrain", wildcards.recipe, wildcards.backbone)
 
@@ -20,15 +22,15 @@ rule pretrain:
     input:
         manifest=f"{DATA}/{{dataset}}.manifest.json",
     output:
-        model="results/pretrain/{dataset}/{backbone}/{recipe}/seed{seed}/model.pth",
-        metrics="results/pretrain/{dataset}/{backbone}/{recipe}/seed{seed}/metrics.json",
+        model=f"{PRETRAIN_DIR}/model.pth",
+        metrics=f"{PRETRAIN_DIR}/metrics.json",
     log:
         "logs/pretrain/{dataset}/{backbone}/{recipe}/seed{seed}.log",
     wildcard_constraints:
         recipe="|".join([*recipes.load("pretrain"), "demo"]),
     params:
         settings=pretrain_settings,
-        work_dir=lambda wc: f"results/pretrain/{wc.dataset}/{wc.backbone}/{wc.recipe}/seed{wc.seed}/state",
+        work_dir=lambda wc: f"{PRETRAIN_DIR.format(**wc)}/state",
     resources:
         gpu=lambda wc: pretrain_resources(wc)["gpus"],
         nodes=lambda wc: pretrain_resources(wc)["nodes"],
@@ -41,12 +43,12 @@ rule pretrain:
 
 rule import_weights:
     output:
-        model="results/pretrain/{dataset}/{backbone}/supplied/seed{seed}/model.pth",
+        model=f"{experiments.pretrain_dir('{dataset}', '{backbone}', experiments.SUPPLIED, '{seed}')}/model.pth",
     log:
         "logs/import_weights/{dataset}/{backbone}/seed{seed}.log",
     params:
         source=lambda wc: config["pretrained_weights"].get(wc.backbone, ""),
-        smoke=lambda wc: "--allow-random" if DATASETS[wc.dataset].embedded else "",
+        smoke=lambda wc: "--allow-random" if scale_of(wc) == "smoke" else "",
     shell:
         "{PYTHON} -m pipeline.weights --backbone {wildcards.backbone} --source '{params.source}'"
         " --output {output.model} --seed {wildcards.seed} {params.smoke} --log {log}"

@@ -32,9 +32,8 @@ for _target, _exp in EXPERIMENTS.items():
         input: experiments.table_path(_target) if _target in experiments.reproducible() else _not_reproduced(_target)
 
 
-def _numbered(paper, number):
+def _numbered(paper, number, found):
     def inputs(wildcards):
-        found = [e for e in EXPERIMENTS.values() if e.paper == paper and e.number == number]
         for e in found:
             if not e.verified:
                 logger.warning(f"table{number} of {paper} is taken to be {e.target} ({e.title}); that table "
@@ -45,10 +44,10 @@ def _numbered(paper, number):
     return inputs
 
 
-for _number in sorted({e.number for e in EXPERIMENTS.values() if e.paper == config["paper"] and e.number}):
+for _number, _found in experiments.numbered(config["paper"]).items():
     rule:
         name: f"table{_number}"
-        input: _numbered(config["paper"], _number)
+        input: _numbered(config["paper"], _number, _found)
 
 
 rule all:
