@@ -20,8 +20,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import models
-from pipeline import recipes, registry
+from pipeline import model_index, recipes, registry
 
 SUPPLIED = "supplied"
 SCALES = ("full", "smoke")
@@ -66,7 +65,7 @@ class Experiment:
 
 def default_pretrain(backbone: str) -> str:
     """The pretraining recipe a backbone gets unless a row names one: its family's, or user-supplied weights."""
-    family = models.family(backbone)
+    family = model_index.family(backbone)
     return family if family in recipes.load("pretrain") else SUPPLIED
 
 
@@ -81,7 +80,7 @@ def _experiment(paper: str, table: dict, path) -> Experiment:
         raise registry.ConfigError(f"{where}: field 'experiment.recipe' is {recipe!r}; recipes: "
                                    f"{', '.join(recipes.load('finetune'))}")
     runs, skipped = [], []
-    registered = set(models.list_models())
+    registered = set(model_index.list_models())
     for row in table["rows"]:
         at = f"{where} row {row['id']!r}"
         spec = row.get("run")
@@ -94,7 +93,7 @@ def _experiment(paper: str, table: dict, path) -> Experiment:
         for field in ("backbone", "baseline"):
             if spec.get(field) is not None and spec[field] not in registered:
                 raise registry.ConfigError(f"{at}: field 'run.{field}' is {spec[field]!r}, not a registered model; "
-                                           "see `python -m pipeline tables` and models.list_models()")
+                                           "see `python -m pipeline tables` and model_index.list_models()")
         pretrain = spec.get("pretrain") or default_pretrain(spec["backbone"])
         if pretrain != SUPPLIED and pretrain not in recipes.load("pretrain"):
             raise registry.ConfigError(f"{at}: field 'run.pretrain' is {pretrain!r}; recipes: "
@@ -151,7 +150,7 @@ def numbered(paper: str) -> dict[int, list[Experiment]]:
 
 def check_supplied_weights(weights: dict) -> None:
     """`pretrained_weights` in the config may only name models the pipeline does not pretrain itself."""
-    supplied = [m for m in models.list_models() if default_pretrain(m) == SUPPLIED]
+    supplied = [m for m in model_index.list_models() if default_pretrain(m) == SUPPLIED]
     for name in weights:
         if name not in supplied:
             raise registry.ConfigError(f"config field 'pretrained_weights.{name}': user weights are for the models "

@@ -39,10 +39,8 @@ from pipeline.data.register import register_ade20k, register_coco
 from pipeline.detection import AtomicCheckpointer
 from pipeline.io import atomic_torch_save, claim_work_dir, weights_digest
 from pipeline.logs import setup_logging
+from pipeline.recipes import INSTANCE_TASKS, SEMANTIC_TASKS, TASKS
 
-INSTANCE_TASKS = ("mask_rcnn", "retinanet", "cascade_mask_rcnn")
-SEMANTIC_TASKS = ("semantic_fpn", "upernet", "segformer")
-TASKS = INSTANCE_TASKS + ("panoptic_fpn",) + SEMANTIC_TASKS
 # The registered training/validation sets each kind of task reads (pipeline/data/register.py).
 SPLITS = {"instance": ("coco_2017_train", "coco_2017_val"),
           "panoptic": ("coco_2017_train_panoptic_separated", "coco_2017_val_panoptic_separated"),

@@ -5,6 +5,7 @@ import timm
 import torch
 
 import models
+from pipeline import model_index
 
 import pipeline.compat  # noqa: F401
 
@@ -33,6 +34,11 @@ FAMILY_REPRESENTATIVES = ["pvt_tiny", "botnet50", "hornet_tiny_gf", "lvt", "patc
 
 def test_registry_lists_every_variant():
     assert set(models.list_models()) == EXPECTED
+
+
+def test_source_index_agrees_with_the_registry():
+    # The Snakefile validates the paper registry against this index without importing torch.
+    assert model_index.families() == {name: models.family(name) for name in models.list_models()}
 
 
 def test_no_name_shadows_a_timm_model():

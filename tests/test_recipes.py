@@ -3,7 +3,7 @@
 import pytest
 
 import models
-from pipeline import recipes
+from pipeline import recipes, registry
 
 PAPERS = ("pvt", "hornet", "lvt", "patchconvnet", "botnet")
 
@@ -115,3 +115,21 @@ def test_botnet_schedules_carry_the_three_jitter_ranges():
     assert {tuple(p["jitter"]) for p in plans.values()} == {(0.8, 1.25), (0.5, 2.0), (0.1, 2.0)}
     assert {p["size"] for p in plans.values()} == {1024}
     assert recipes.provenance("finetune", "botnet_mask_rcnn")["schedules"][0] == "assumed"
+
+
+def test_schema_names_the_engine_tasks():
+    schema = registry.load_yaml(registry.SCHEMA_DIR / "recipes.schema.yaml")
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "framework" in node and "enum" in node["framework"].get("properties", {}).get("value", {}):
+                found.append(node["framework"]["properties"]["value"]["enum"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(schema)
+    assert found and all(sorted(e) == sorted(recipes.TASKS) for e in found)

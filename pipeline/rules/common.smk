@@ -5,7 +5,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from pipeline import experiments, recipes, registry
-from pipeline.finetune import TASKS
+from pipeline.recipes import TASKS
 from pipeline.data import sources as data_sources
 from pipeline.data.extract import MARKER as EXTRACTED_MARKER
 
