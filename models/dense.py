@@ -108,14 +108,53 @@ def _with_backbone(model, backbone: str, in_features: list[str], neck: str = "fp
     return model
 
 
+# Head widths of the two-stage detectors: detectron2's defaults, and LVT's light Panoptic FPN heads
+# (lvt.md §D, detection/configs/lvt/panoptic_fpn_lvt_fpn_*.py: FPN and RPN 96 channels, Shared2FC box head
+# with 160-d FCs, 4 x 96-channel mask convs, semantic head 48 channels with GN(12)).
+HEAD_WIDTHS = {
+    "standard": dict(fpn=256, box_fc=1024, mask_conv=256, sem_seg=128, sem_seg_groups=32),
+    "light": dict(fpn=96, box_fc=160, mask_conv=96, sem_seg=48, sem_seg_groups=12),
+}
+
+
+def _set_head_widths(model, heads: str):
+    if heads not in HEAD_WIDTHS:
+        raise ValueError(f"unknown head widths {heads!r}; valid: {', '.join(HEAD_WIDTHS)}")
+    if heads == "standard":
+        return
+    w = HEAD_WIDTHS[heads]
+    model.backbone.out_channels = w["fpn"]
+    model.proposal_generator.head.in_channels = w["fpn"]
+    roi = model.roi_heads
+    roi.box_head.input_shape = ShapeSpec(channels=w["fpn"], height=7, width=7)
+    roi.box_head.fc_dims = [w["box_fc"]] * 2
+    roi.box_predictor.input_shape = ShapeSpec(channels=w["box_fc"])
+    roi.mask_head.input_shape = ShapeSpec(channels=w["fpn"], width=14, height=14)
+    roi.mask_head.conv_dims = [w["mask_conv"]] * 5
+    if "sem_seg_head" in model:
+        model.sem_seg_head.conv_dims = w["sem_seg"]
+        model.sem_seg_head.norm = L(GroupNormOf)(groups=w["sem_seg_groups"])
+
+
+class GroupNormOf:
+    """A GroupNorm factory with a fixed group count, for detectron2's `norm` arguments (callable on channels)."""
+
+    def __init__(self, groups: int):
+        self.groups = groups
+
+    def __call__(self, channels: int) -> nn.GroupNorm:
+        return nn.GroupNorm(self.groups, channels)
+
+
 def mask_rcnn(backbone: str, num_classes: int = 80, pretrained: str | None = None, freeze_at: int = 0,
-              norm: str = "BN", neck: str = "fpn", **overrides):
+              norm: str = "BN", neck: str = "fpn", heads: str = "standard", **overrides):
     """detectron2's Mask R-CNN + FPN (P2-P6, 256 channels) with a registry backbone as bottom-up; `neck`
-    "horfpn_7x7"/"horfpn_gf" swaps the FPN for HorFPN."""
+    "horfpn_7x7"/"horfpn_gf" swaps the FPN for HorFPN, `heads` picks the head widths (HEAD_WIDTHS)."""
     model = _with_backbone(get_config("common/models/mask_rcnn_fpn.py").model, backbone,
                            [f["name"] for f in feature_info(backbone)], neck,
                            pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
     model.roi_heads.num_classes = num_classes
+    _set_head_widths(model, heads)
     return model
 
 
@@ -142,14 +181,15 @@ def cascade_mask_rcnn(backbone: str, num_classes: int = 80, pretrained: str | No
 
 
 def panoptic_fpn(backbone: str, num_classes: int = 80, num_stuff_classes: int = 54, pretrained: str | None = None,
-                 freeze_at: int = 0, norm: str = "BN", **overrides):
+                 freeze_at: int = 0, norm: str = "BN", heads: str = "standard", **overrides):
     """detectron2's Panoptic FPN (Mask R-CNN + the semantic FPN branch over COCO's 53 stuff classes + "things",
-    loss weight 0.5), with a registry backbone; LVT's COCO panoptic framework."""
+    loss weight 0.5), with a registry backbone; LVT's COCO panoptic framework (`heads="light"`)."""
     model = _with_backbone(get_config("common/models/panoptic_fpn.py").model, backbone,
                            [f["name"] for f in feature_info(backbone)], "fpn",
                            pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
     model.roi_heads.num_classes = num_classes
     model.sem_seg_head.num_classes = num_stuff_classes
+    _set_head_widths(model, heads)
     return model
 
 

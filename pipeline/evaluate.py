@@ -14,6 +14,7 @@ from pathlib import Path
 import pipeline.compat  # noqa: F401  (before detectron2)
 
 import torch
+from torch import nn
 from detectron2.data import DatasetMapper, build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator, inference_on_dataset
@@ -64,7 +65,10 @@ def evaluate(checkpoint: str, data: str, metrics_out: str, work_dir: str, score_
     if cfg.task == "retinanet":
         model.test_score_thresh = score_thresh
     elif kind(cfg.task) != "semantic":
-        model.roi_heads.box_predictor.test_score_thresh = score_thresh
+        # Cascade R-CNN keeps one predictor per stage (a ModuleList) and scores with the last.
+        predictors = model.roi_heads.box_predictor
+        for predictor in predictors if isinstance(predictors, nn.ModuleList) else [predictors]:
+            predictor.test_score_thresh = score_thresh
     model.eval()
     _, dataset = register(cfg.task, data)
     min_size = min_size or int(cfg.short_side.split(",")[-1])

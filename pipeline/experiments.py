@@ -258,7 +258,8 @@ def finetune_settings(recipe: str, backbone: str, schedule: str, scale: str, smo
         "task": r["framework"], "optimizer": r["optimizer"], "lr": r["lr"], "weight_decay": r["weight_decay"],
         "batch_size": r["batch_size"], "warmup_iters": r["warmup_iters"], "warmup_ratio": r["warmup_ratio"],
         "clip_grad": r["clip_grad"], "drop_path_rate": r.get("drop_path"), "layer_decay": r.get("layer_decay"),
-        "head_lr_mult": r.get("head_lr_mult"), "seed": seed,
+        "layer_decay_type": r.get("layer_decay_type"), "layer_decay_layers": r.get("layer_decay_layers"),
+        "head_lr_mult": r.get("head_lr_mult"), "heads": r.get("heads"), "seed": seed,
     }
     if "epochs" in r:
         settings.update(epochs=r["epochs"], steps=r["steps"])
@@ -273,6 +274,8 @@ def finetune_settings(recipe: str, backbone: str, schedule: str, scale: str, smo
                         max_size=int(r["scale"][0] * hi), crop=r["crop"])
     else:
         settings.update(short_side=r["short_side"], sample=r.get("sample", "choice"), max_size=r["max_size"])
+        if "crop_branch" in r:
+            settings.update(crop_branch_sides=r["crop_branch"]["short_side"], crop_branch_size=r["crop_branch"]["crop"])
     if scale == "smoke":
         settings.update({k: v for k, v in smoke.items() if k not in ("short_side", "size", "crop")})
         settings.pop("epochs", None)

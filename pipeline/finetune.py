@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pipeline.compat  # noqa: F401  (before detectron2)
 
+import numpy as np
 import torch
 from detectron2.config import instantiate
 from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
@@ -68,7 +69,10 @@ class FinetuneConfig:
     lr: float = 2e-4
     weight_decay: float = 1e-4
     head_lr_mult: float = 1.0
+    # lr decay towards the input (see lr_layer); layer_decay_layers 0: one per backbone stage.
     layer_decay: float = 1.0
+    layer_decay_type: str = "stage_wise"
+    layer_decay_layers: int = 0
     clip_grad: float = 0.0
     drop_path_rate: float = 0.0
     warmup_iters: int = 500
@@ -83,9 +87,13 @@ class FinetuneConfig:
     jitter_min: float = 1.0
     jitter_max: float = 1.0
     crop: int = 512
+    # The optional DETR-style crop branch: resize to one of these short sides, crop to a size in this range.
+    crop_branch_sides: str = ""
+    crop_branch_size: str = "384,600"
     checkpoint_every: int = 5000
     # detectron2's Mask R-CNN FPN defaults (512 RoIs per image, 1000 proposals); CPU smoke runs lower them.
     roi_batch_size_per_image: int = 512
+    heads: str = "standard"  # head widths, models/dense.py HEAD_WIDTHS
     rpn_post_nms_topk_train: int = 1000
     seed: int = 0
     workers: int = 0
@@ -109,6 +117,10 @@ def model_config(cfg: FinetuneConfig):
         if cfg.task == "semantic_fpn":
             return dense.semantic_fpn(cfg.backbone, **kw)
         return dense.semantic_segmentor(cfg.backbone, cfg.task, **kw)
+    if cfg.heads != "standard":
+        if cfg.task not in ("mask_rcnn", "panoptic_fpn"):
+            raise FinetuneError(f"--heads {cfg.heads}: head widths apply to mask_rcnn and panoptic_fpn, not {cfg.task}")
+        kw["heads"] = cfg.heads
     model = getattr(dense, cfg.task)(cfg.backbone, **kw)
     if cfg.task != "retinanet":
         model.roi_heads.batch_size_per_image = cfg.roi_batch_size_per_image
@@ -118,6 +130,17 @@ def model_config(cfg: FinetuneConfig):
 
 def build_model(cfg: FinetuneConfig) -> nn.Module:
     return instantiate(model_config(cfg))
+
+
+class OneOf(T.Augmentation):
+    """One of several augmentation lists, chosen uniformly per image (mmdet's AutoAugment policies)."""
+
+    def __init__(self, choices: list[list[T.Augmentation]]):
+        super().__init__()
+        self.choices = [T.AugmentationList(c) for c in choices]
+
+    def __call__(self, aug_input) -> T.Transform:
+        return self.choices[np.random.randint(len(self.choices))](aug_input)
 
 
 def train_augmentations(cfg: FinetuneConfig) -> list:
@@ -130,6 +153,14 @@ def train_augmentations(cfg: FinetuneConfig) -> list:
     if kind(cfg.task) == "semantic":
         # mmseg's ADE20K pipeline: random rescale, a crop in which no class covers more than 75 %, flip.
         return [resize, T.RandomCrop_CategoryAreaConstraint("absolute", (cfg.crop, cfg.crop), 0.75, 255), flip]
+    if cfg.crop_branch_sides:
+        # DETR-style: half the images are resized to a short side in crop_branch_sides, cropped to a random
+        # size in crop_branch_size (absolute_range), then resized as the others.
+        lo, hi = (int(v) for v in cfg.crop_branch_size.split(","))
+        first = [int(s) for s in cfg.crop_branch_sides.split(",")]
+        branch = [T.ResizeShortestEdge(first, cfg.max_size, sample_style="choice"),
+                  T.RandomCrop("absolute_range", (lo, hi)), resize]
+        return [OneOf([[resize], branch]), flip]
     return [resize, flip]
 
 
@@ -141,36 +172,61 @@ def build_train_loader(cfg: FinetuneConfig, dataset: str, dicts: list):
                                         num_workers=cfg.workers)
 
 
-def _stage_of(name: str, stages: list[str]) -> int:
-    """0 for the stem, i + 1 for the backbone's i-th feature stage, len(stages) + 1 for everything else."""
-    for i, module in enumerate(stages):
-        if f"bottom_up.net.{module}." in name or f"backbone.net.{module}." in name:
-            return i + 1
-    if ".net." in name and name.startswith("backbone."):
+def lr_layer(rel: str | None, stages: list[str], decay_type: str, num_layers: int) -> int:
+    """A parameter's layer id for lr decay, as the mmdet/mmseg `LearningRateDecayOptimizerConstructor` that
+    HorNet's dense configs use (ConvNeXt's detection code) assigns it; `rel` is its name inside the backbone
+    network, None outside it. The lr scale is decay^(num_layers + 1 - id): 1 for the neck and heads.
+
+    stage_wise: stem and downsampling layers 0, stage i at i + 1. layer_wise (12 layers in ConvNeXt-style
+    networks): the stem 0, stage 0 at 1, stage 1 and its downsampling at 2, stage 2 in blocks of three from 3,
+    stage 3 and its downsampling at num_layers. Output norms (`norm0`...) count as head, as there.
+    Departure: other parameters outside the stages (PVT's or LVT's patch embeddings) count as stem.
+    """
+    if rel is None:
+        return num_layers + 1
+    parts = rel.split(".")
+    if parts[0] in ("cls_token", "pos_embed", "mask_token"):
         return 0
-    return len(stages) + 1
+    if parts[0] == "downsample_layers":
+        return 0 if decay_type == "stage_wise" else (0, 2, 3, num_layers)[int(parts[1])]
+    for i, module in enumerate(stages):
+        if rel.startswith(module + "."):
+            if decay_type == "stage_wise":
+                return i + 1
+            block = int(rel[len(module) + 1:].split(".")[0])
+            return (1, 2, 3 + block // 3, num_layers)[i]
+    if parts[0][:4] == "norm" and parts[0][4:].isdigit():
+        return num_layers + 1
+    return 0
+
+
+def _backbone_name(name: str) -> str | None:
+    for prefix in ("backbone.bottom_up.net.", "backbone.net."):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return None
 
 
 def param_groups(model: nn.Module, cfg: FinetuneConfig) -> list[dict]:
-    """Weight decay on weights but not on norms and biases; `head_lr_mult` on the decode head; `layer_decay`
-    scales each backbone stage's lr by decay^(distance from the head), stage-wise."""
+    """No weight decay on 1-d parameters (norms, layer scales), biases, position embeddings and class tokens;
+    `head_lr_mult` on the decode head; `layer_decay` scales the backbone's lr per `lr_layer`."""
     bottom = getattr(model.backbone, "bottom_up", model.backbone)
     stages = [f["module"] for f in bottom.net.feature_info]
-    norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-    no_decay = set()
-    for mname, module in model.named_modules():
-        for pname, _ in module.named_parameters(recurse=False):
-            if isinstance(module, norm_types) or pname == "bias" or pname.endswith(("pos_embed", "cls_token")):
-                no_decay.add(f"{mname}.{pname}" if mname else pname)
+    if cfg.layer_decay_type not in ("stage_wise", "layer_wise"):
+        raise FinetuneError(f"--layer-decay-type {cfg.layer_decay_type!r}: valid types are stage_wise, layer_wise")
+    if cfg.layer_decay_type == "layer_wise" and len(stages) != 4:
+        raise FinetuneError(f"--layer-decay-type layer_wise needs a 4-stage backbone; this one has {len(stages)}")
+    num_layers = cfg.layer_decay_layers or len(stages)
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        depth = len(stages) + 1 - _stage_of(name, stages)
-        scale = cfg.layer_decay ** depth
+        layer = lr_layer(_backbone_name(name), stages, cfg.layer_decay_type, num_layers)
+        scale = cfg.layer_decay ** (num_layers + 1 - layer)
         if name.startswith("sem_seg_head."):
             scale *= cfg.head_lr_mult
-        wd = 0.0 if name in no_decay else cfg.weight_decay
+        no_decay = p.ndim <= 1 or name.endswith((".bias", "pos_embed", "cls_token"))
+        wd = 0.0 if no_decay else cfg.weight_decay
         group = groups.setdefault((scale, wd), {"params": [], "lr": cfg.lr * scale, "weight_decay": wd})
         group["params"].append(p)
     return list(groups.values())

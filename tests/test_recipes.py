@@ -95,6 +95,11 @@ def test_hornet_dense_recipes_match_the_official_configs():
     assert (t["epochs"], t["steps"], t["lr"], t["weight_decay"]) == (36, [27, 33], 2e-4, 0.05)
     assert (t["layer_decay"], b["layer_decay"], t["drop_path"], b["drop_path"]) == (0.7, 0.8, 0.4, 0.7)
     assert t["short_side"] == list(range(480, 801, 32))
+    assert (t["layer_decay_type"], t["layer_decay_layers"]) == ("layer_wise", 12)
+    assert [(recipes.finetune("hornet_upernet", m, "160k")["layer_decay_type"],
+             recipes.finetune("hornet_upernet", m, "160k")["layer_decay_layers"])
+            for m in ("hornet_tiny_gf", "hornet_small_gf", "hornet_base_7x7")] == [
+        ("stage_wise", 6), ("stage_wise", 12), ("stage_wise", 12)]
     u = recipes.finetune("hornet_upernet", "hornet_small_7x7", "160k")
     assert (u["iters"], u["lr"], u["weight_decay"], u["warmup_iters"], u["layer_decay"], u["drop_path"]) == (
         160000, 1e-4, 0.05, 1500, 0.9, 0.3)
