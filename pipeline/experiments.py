@@ -292,8 +292,13 @@ def finetune_settings(recipe: str, backbone: str, schedule: str, scale: str, smo
 
 def evaluate_settings(recipe: str, backbone: str, schedule: str, scale: str, smoke: dict) -> dict:
     r = recipes.finetune(recipe, backbone, schedule)
+    settings = {}
+    if r.get("test_slide"):
+        settings.update(slide_crop=r["test_slide"][0], slide_stride=r["test_slide"][1])
+    if r.get("test_ratios"):
+        settings.update(aug_ratios=r["test_ratios"], flip=r.get("test_flip", False))
     if scale == "smoke":
-        return dict(smoke)
+        return {**settings, **smoke}
     min_size, max_size = r["test_size"]
-    return {"min_size": min_size, "max_size": max_size}
+    return {"min_size": min_size, "max_size": max_size, **settings}
 
