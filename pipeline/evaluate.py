@@ -111,7 +111,8 @@ def evaluate(checkpoint: str, data: str, metrics_out: str, work_dir: str, score_
              flip: bool = False) -> dict:
     log = setup_logging(log_file, "evaluate")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    cfg = FinetuneConfig(**state["config"])
+    fields = FinetuneConfig.__dataclass_fields__
+    cfg = FinetuneConfig(**{k: v for k, v in state["config"].items() if k in fields})
     cfg.pretrained = None
     model = build_model(cfg)
     model.load_state_dict(read_checkpoint(checkpoint))
@@ -179,10 +180,10 @@ def main(argv=None) -> int:
                         help="semantic: also test at these multiples of the test size (comma-separated)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
                         help="semantic: add the mirrored image to the multi-scale test")
-    parser.add_argument("--log")
+    parser.add_argument("--log-file", help="also write the log to this file")
     args = parser.parse_args(argv)
     evaluate(args.checkpoint, args.data, args.metrics, args.work_dir, args.score_thresh, args.min_size,
-             args.max_size, args.log, args.slide_crop, args.slide_stride, args.aug_ratios, args.flip)
+             args.max_size, args.log_file, args.slide_crop, args.slide_stride, args.aug_ratios, args.flip)
     return 0
 
 

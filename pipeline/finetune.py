@@ -97,7 +97,7 @@ class FinetuneConfig:
     rpn_post_nms_topk_train: int = 1000
     seed: int = 0
     workers: int = 0
-    log: str | None = None
+    log_file: str | None = None
     # The resolution the backbone was pretrained at (its position embeddings' grid); read from the
     # pretrained checkpoint when it records one.
     pretrain_img_size: int = 224
@@ -313,14 +313,14 @@ def register(task: str, root: str) -> tuple[str, str]:
 
 
 def finetune(cfg: FinetuneConfig) -> None:
-    log = setup_logging(cfg.log, "finetune")
+    log = setup_logging(cfg.log_file, "finetune")
     kind(cfg.task)
     seed_all_rng(cfg.seed)
     if cfg.pretrained:
         meta = torch.load(cfg.pretrained, map_location="cpu", weights_only=True)
         cfg.pretrain_img_size = meta.get("img_size", cfg.pretrain_img_size) if isinstance(meta, dict) else 224
     fingerprint = {k: v for k, v in asdict(cfg).items()
-                   if k not in ("work_dir", "output", "log", "pretrained", "workers", "checkpoint_every")}
+                   if k not in ("work_dir", "output", "log_file", "pretrained", "workers", "checkpoint_every")}
     fingerprint["pretrained_weights_sha256"] = weights_digest(cfg.pretrained) if cfg.pretrained else None
     claim_work_dir(cfg.work_dir, fingerprint, log)
     train_set, _ = register(cfg.task, cfg.data)
@@ -360,7 +360,7 @@ def main(argv=None) -> int:
     try:
         finetune(cfg)
     except (FileNotFoundError, FloatingPointError, CheckpointError, FinetuneError) as e:
-        setup_logging(cfg.log, "finetune").error("%s", e)
+        setup_logging(cfg.log_file, "finetune").error("%s", e)
         return 1
     return 0
 

@@ -84,7 +84,7 @@ class PretrainConfig:
     checkpoint_every: int = 5
     seed: int = 0
     workers: int = 0
-    log: str | None = None
+    log_file: str | None = None
 
 
 class TrainingError(Exception):
@@ -201,7 +201,7 @@ def build_optimizer(model, cfg: PretrainConfig) -> torch.optim.Optimizer:
 
 def train(cfg: PretrainConfig) -> dict:
     rank, world, device = init_distributed()
-    log = setup_logging(cfg.log if rank == 0 else None, "pretrain")
+    log = setup_logging(cfg.log_file if rank == 0 else None, "pretrain")
     if rank:
         log.setLevel("WARNING")
     if cfg.amp not in ("off", *AMP_DTYPES):
@@ -216,7 +216,7 @@ def train(cfg: PretrainConfig) -> dict:
     work = Path(cfg.work_dir)
     data = Path(cfg.data)
     fingerprint = {k: v for k, v in asdict(cfg).items()
-                   if k not in ("work_dir", "output", "metrics", "log", "workers", "steps", "checkpoint_every")}
+                   if k not in ("work_dir", "output", "metrics", "log_file", "workers", "steps", "checkpoint_every")}
     manifest = data.with_name(data.name + ".manifest.json")
     if manifest.exists():
         fingerprint["data_index_sha256"] = json.loads(manifest.read_text())["index_sha256"]
@@ -358,7 +358,7 @@ def main(argv=None) -> int:
     try:
         train(cfg)
     except (TrainingError, models.CheckpointError) as e:
-        setup_logging(cfg.log, "pretrain").error("%s", e)
+        setup_logging(cfg.log_file, "pretrain").error("%s", e)
         return 1
     return 0
 

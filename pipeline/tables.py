@@ -120,9 +120,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--log")
+    parser.add_argument("--log-file", help="also write the log to this file")
     args = parser.parse_args(argv)
-    log = setup_logging(args.log, "tables")
+    log = setup_logging(args.log_file, "tables")
     try:
         doc = gather(args.target, args.scale, [int(s) for s in args.seeds.split(",")], args.data_root)
     except (registry.ConfigError, FileNotFoundError, KeyError) as e:

@@ -27,9 +27,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True)
     parser.add_argument("--allow-random", action="store_true", help="smoke scale: random init when no source")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log")
+    parser.add_argument("--log-file", help="also write the log to this file")
     args = parser.parse_args(argv)
-    log = setup_logging(args.log, "weights")
+    log = setup_logging(args.log_file, "weights")
     if not args.source and not args.allow_random:
         log.error("%s: its rows start from ImageNet weights you supply; set pretrained_weights.%s in "
                   "config/config.yaml (or --config 'pretrained_weights={%s: /path/to.pth}') to a torchvision "

@@ -18,7 +18,7 @@ SMALL = ["--model", "pvt_tiny", "--steps", "6", "--batch-size", "4", "--img-size
 
 def _args(data, out):
     return [PYTHON, "-m", "pipeline.pretrain", *SMALL, "--data", str(data), "--work-dir", str(out / "state"),
-            "--output", str(out / "model.pth"), "--metrics", str(out / "metrics.json"), "--log", str(out / "log")]
+            "--output", str(out / "model.pth"), "--metrics", str(out / "metrics.json"), "--log-file", str(out / "log")]
 
 
 def test_killed_run_resumes_to_identical_weights(embedded_data, tmp_path):
@@ -79,9 +79,9 @@ def test_ddp_over_two_processes_matches_one_process(embedded_data, tmp_path):
               "--drop-path-rate", "0", "--checkpoint-every", "1", "--deterministic", "--optimizer", "sgd",
               "--lr", "0.01", "--data", str(data)]
 
-    def outputs(out):  # (no --log: torchrun's own parser takes it for an abbreviation of its --log-dir)
+    def outputs(out):  # --log-file: torchrun would take a bare --log for its own --log-dir
         return ["--work-dir", str(out / "state"), "--output", str(out / "model.pth"),
-                "--metrics", str(out / "metrics.json")]
+                "--metrics", str(out / "metrics.json"), "--log-file", str(out / "log")]
 
     run([PYTHON, "-m", "pipeline.pretrain", *common, *outputs(tmp_path / "one")])
     run([BIN / "torchrun", "--standalone", "--nproc-per-node", "2", "-m", "pipeline.pretrain", *common,
@@ -90,4 +90,5 @@ def test_ddp_over_two_processes_matches_one_process(embedded_data, tmp_path):
     b = torch.load(tmp_path / "two" / "model.pth", weights_only=True)["model"]
     changed = torch.load(tmp_path / "two" / "state" / "last.pth", weights_only=True)["step"]
     assert changed == 2
+    assert "step 2" in (tmp_path / "two" / "log").read_text()
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)

@@ -6,7 +6,7 @@
     python -m pipeline.data prepare <dataset>           the layout training/detectron2 read, and its manifest
     python -m pipeline.data publish <dataset>           pack an embedded set into its official archives
 
-Every command takes --data-root (config.yaml's data_root) and --log. A failure is one line on stderr.
+Every command takes --data-root (config.yaml's data_root) and --log-file. A failure is one line on stderr.
 """
 
 from __future__ import annotations
@@ -94,9 +94,9 @@ def main(argv=None) -> int:
     parser.add_argument("dataset")
     parser.add_argument("file", nargs="?", help="a source's file name (download, verify, extract)")
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--log")
+    parser.add_argument("--log-file", help="also write the log to this file")
     args = parser.parse_args(argv)
-    log = setup_logging(args.log, "pipeline.data")
+    log = setup_logging(args.log_file, "pipeline.data")
     try:
         ds = sources.dataset(args.dataset, args.data_root)
         if args.step in ("download", "verify", "extract"):

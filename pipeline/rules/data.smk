@@ -43,7 +43,7 @@ rule publish_embedded:
     wildcard_constraints:
         dataset=_alternation(n for n, d in DATASETS.items() if d.embedded),
     shell:
-        "{PYTHON} -m pipeline.data publish {wildcards.dataset} --data-root {DATA} --log {log}"
+        "{PYTHON} -m pipeline.data publish {wildcards.dataset} --data-root {DATA} --log-file {log}"
 
 
 rule download:
@@ -54,7 +54,7 @@ rule download:
     log:
         "logs/download/{dataset}/{archive}.log",
     shell:
-        "{PYTHON} -m pipeline.data download {wildcards.dataset} {wildcards.archive} --data-root {DATA} --log {log}"
+        "{PYTHON} -m pipeline.data download {wildcards.dataset} {wildcards.archive} --data-root {DATA} --log-file {log}"
 
 
 rule verify:
@@ -65,7 +65,7 @@ rule verify:
     log:
         "logs/verify/{dataset}/{archive}.log",
     shell:
-        "{PYTHON} -m pipeline.data verify {wildcards.dataset} {wildcards.archive} --data-root {DATA} --log {log}"
+        "{PYTHON} -m pipeline.data verify {wildcards.dataset} {wildcards.archive} --data-root {DATA} --log-file {log}"
 
 
 rule extract:
@@ -78,7 +78,7 @@ rule extract:
     params:
         archive=_archive_of,
     shell:
-        "{PYTHON} -m pipeline.data extract {wildcards.dataset} {params.archive} --data-root {DATA} --log {log}"
+        "{PYTHON} -m pipeline.data extract {wildcards.dataset} {params.archive} --data-root {DATA} --log-file {log}"
 
 
 rule prepare:
@@ -89,4 +89,4 @@ rule prepare:
     log:
         "logs/prepare/{dataset}.log",
     shell:
-        "{PYTHON} -m pipeline.data prepare {wildcards.dataset} --data-root {DATA} --log {log}"
+        "{PYTHON} -m pipeline.data prepare {wildcards.dataset} --data-root {DATA} --log-file {log}"

@@ -50,7 +50,7 @@ rule finetune:
     shell:
         "{PYTHON} -m pipeline.finetune --backbone {wildcards.backbone} --pretrained {input.pretrained}"
         " --data {DATA}/{wildcards.dataset} --work-dir {params.work_dir} --output {output.model}"
-        " --log {log} {params.settings}"
+        " --log-file {log} {params.settings}"
 
 
 def evaluate_settings(wildcards) -> str:
@@ -75,4 +75,4 @@ rule evaluate:
         gpu=lambda wc: 0 if scale_of(wc) == "smoke" else 1,
     shell:
         "{PYTHON} -m pipeline.evaluate --checkpoint {input.model} --data {DATA}/{wildcards.dataset}"
-        " --metrics {output.metrics} --work-dir {params.work_dir} --log {log} {params.settings}"
+        " --metrics {output.metrics} --work-dir {params.work_dir} --log-file {log} {params.settings}"

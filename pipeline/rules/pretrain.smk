@@ -38,7 +38,7 @@ rule pretrain:
     shell:
         "{PYTHON} -m pipeline.pretrain --model {wildcards.backbone} --data {DATA}/{wildcards.dataset}"
         " --work-dir {params.work_dir} --output {output.model} --metrics {output.metrics}"
-        " --log {log} {params.settings}"
+        " --log-file {log} {params.settings}"
 
 
 rule import_weights:
@@ -51,4 +51,4 @@ rule import_weights:
         smoke=lambda wc: "--allow-random" if scale_of(wc) == "smoke" else "",
     shell:
         "{PYTHON} -m pipeline.weights --backbone {wildcards.backbone} --source '{params.source}'"
-        " --output {output.model} --seed {wildcards.seed} {params.smoke} --log {log}"
+        " --output {output.model} --seed {wildcards.seed} {params.smoke} --log-file {log}"

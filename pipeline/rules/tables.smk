@@ -16,7 +16,7 @@ rule gather_table:
         seeds=",".join(map(str, SEEDS)),
     shell:
         "{PYTHON} -m pipeline.tables --target {wildcards.target} --scale {SCALE} --seeds {params.seeds}"
-        " --data-root {DATA} --out {output} --log {log}"
+        " --data-root {DATA} --out {output} --log-file {log}"
 
 
 def _not_reproduced(target):
