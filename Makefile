@@ -13,8 +13,11 @@ $(VENV_STAMP): $(SETUP_INPUTS)
 demo: setup
 	.venv/bin/snakemake --profile profiles/local demo
 
+# Two pytest workers: most tests spend their time starting Python processes, which use one core each.
+TEST_WORKERS ?= 2
+
 test: setup
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # Re-export envs/requirements.lock.txt after changing uv.lock (a test checks they agree).
 export-env: setup
