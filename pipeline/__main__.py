@@ -1,6 +1,7 @@
 """Command line: `python -m pipeline <command>`.
 
     tables [--paper P] [--json]   list the registry's tables and rows with their numbers
+    plan TARGET ... [--config k=v]  GPUs, wall time and GPU-hours of a target's jobs; submits nothing
     bench models [--models ...]   parameters, MACs and CPU throughput (reports/bench/models.md)
 """
 
@@ -46,6 +47,18 @@ def cmd_tables(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from pipeline import plan
+
+    result = plan.plan(args.targets, plan.load_config(args.config))
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        print()
+    else:
+        print(plan.render(result))
+    return 0
+
+
 def main(argv=None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... | head` ends quietly
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="backbone-repro pipeline tools")
@@ -55,6 +68,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the validated registry as JSON")
     p.add_argument("--registry", type=Path, default=registry.PAPERS_DIR, help="folder of <paper>.yaml files")
     p.set_defaults(func=cmd_tables)
+    p = sub.add_parser("plan", help="what a target's jobs ask for (GPUs, hours, GPU-hours); submits nothing")
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="<paper>_table<N>, a descriptive target, table<N>, all")
+    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, as snakemake's --config (e.g. scale=smoke paper=hornet)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
     bench.add_parser(sub)
     args = parser.parse_args(argv)
     try:

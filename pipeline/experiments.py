@@ -211,6 +211,67 @@ def table_inputs(target: str, scale: str, datasets: dict, seeds: list[int]) -> l
     return list(dict.fromkeys(files))
 
 
+# ---- jobs and what they ask of a cluster
+
+# A smoke-scale job: no GPU, minutes. A full-scale evaluation: one GPU over COCO val or ADE20K val, a limit of
+# two hours (assumed: the papers give no evaluation hardware).
+SMOKE_RESOURCES = {"gpus": 0, "nodes": 1, "minutes": 30}
+EVALUATE_RESOURCES = {"gpus": 1, "nodes": 1, "minutes": 120}
+# CPU steps (importing user weights, gathering a table).
+LOCAL_RESOURCES = {"gpus": 0, "nodes": 1, "minutes": 30}
+
+
+def job_resources(rule: str, recipe: str | None, backbone: str | None, schedule: str | None, scale: str) -> dict:
+    """GPUs per node, nodes and wall-time minutes of one job: the rules' `resources` and the plan."""
+    if rule not in ("pretrain", "finetune", "evaluate"):
+        return LOCAL_RESOURCES
+    if scale == "smoke" or recipe == "demo":
+        return SMOKE_RESOURCES
+    if rule == "pretrain":
+        return recipes.resources("pretrain", recipe, backbone)
+    if rule == "finetune":
+        return recipes.resources("finetune", recipe, backbone, schedule)
+    return EVALUATE_RESOURCES
+
+
+@dataclass(frozen=True)
+class Job:
+    rule: str
+    output: str
+    backbone: str | None = None
+    recipe: str | None = None
+    schedule: str | None = None
+    seed: int | None = None
+
+    def resources(self, scale: str) -> dict:
+        return job_resources(self.rule, self.recipe, self.backbone, self.schedule, scale)
+
+
+def jobs(target: str, scale: str, datasets: dict, seeds: list[int]) -> list[Job]:
+    """The training, evaluation and gathering jobs a table target runs (data preparation not included), each
+    once, in the order the rows name them."""
+    exp = experiments()[target]
+    out: dict[str, Job] = {}
+    imagenet = dataset("imagenet", scale, datasets)
+    for run in exp.runs:
+        for r in (run, run.with_backbone(run.baseline)) if run.baseline else (run,):
+            for seed in seeds:
+                where = pretrain_dir(imagenet, r.backbone, r.pretrain, seed)
+                rule = "import_weights" if r.pretrain == SUPPLIED else "pretrain"
+                found = [Job(rule, f"{where}/model.pth", r.backbone, r.pretrain, None, seed)]
+                if r.kind == "finetune":
+                    recipe = recipes.finetune(r.recipe, r.backbone, r.schedule)
+                    data = dataset(DATA_LAYOUT[recipe["dataset"]], scale, datasets)
+                    task = recipe["framework"]
+                    found += [Job(stage, f"{dense_dir(stage, data, task, r.backbone, r.recipe, r.schedule, seed)}/"
+                                         f"{name}", r.backbone, r.recipe, r.schedule, seed)
+                              for stage, name in (("finetune", "model_final.pth"), ("evaluate", "metrics.json"))]
+                for job in found:
+                    out.setdefault(job.output, job)
+    out[table_path(target)] = Job("gather_table", table_path(target))
+    return list(out.values())
+
+
 # ---- job settings: the recipes turned into engine flags, full or smoke scale
 
 

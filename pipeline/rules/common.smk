@@ -25,8 +25,6 @@ DATA = config["data_root"]
 DEMO = config["demo"]
 SCALE = config["scale"]
 SEEDS = config["seeds"]
-# What a smoke-scale job asks of a cluster: one CPU slot, minutes.
-SMOKE_RESOURCES = {"gpus": 0, "nodes": 1, "minutes": 30}
 
 
 wildcard_constraints:
@@ -41,3 +39,11 @@ wildcard_constraints:
 def scale_of(wildcards) -> str:
     """A job's scale follows its dataset: the embedded sets are smoke scale."""
     return "smoke" if DATASETS[wildcards.dataset].embedded else "full"
+
+
+def resources_of(rule):
+    """The rule's `resources` (GPUs per node, nodes, minutes), from experiments.job_resources."""
+    def get(key):
+        return lambda wc: experiments.job_resources(rule, wc.get("recipe"), wc.get("backbone"), wc.get("schedule"),
+                                                    scale_of(wc))[key]
+    return {"gpu": get("gpus"), "nodes": get("nodes"), "runtime": get("minutes")}

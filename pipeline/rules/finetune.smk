@@ -19,12 +19,6 @@ def pretrained_checkpoint(wildcards) -> str:
     return f"{experiments.pretrain_dir(imagenet, wildcards.backbone, recipe, wildcards.seed)}/model.pth"
 
 
-def finetune_resources(wildcards) -> dict:
-    if wildcards.recipe == "demo" or scale_of(wildcards) == "smoke":
-        return SMOKE_RESOURCES
-    return recipes.resources("finetune", wildcards.recipe, wildcards.backbone, wildcards.schedule)
-
-
 JOB = ("{dataset}", "{task}", "{backbone}", "{recipe}", "{schedule}", "{seed}")
 FINETUNE_DIR = experiments.dense_dir("finetune", *JOB)
 EVALUATE_DIR = experiments.dense_dir("evaluate", *JOB)
@@ -44,9 +38,7 @@ rule finetune:
         settings=finetune_settings,
         work_dir=lambda wc: f"{FINETUNE_DIR.format(**wc)}/state",
     resources:
-        gpu=lambda wc: finetune_resources(wc)["gpus"],
-        nodes=lambda wc: finetune_resources(wc)["nodes"],
-        runtime=lambda wc: finetune_resources(wc)["minutes"],
+        **resources_of("finetune"),
     shell:
         "{PYTHON} -m pipeline.finetune --backbone {wildcards.backbone} --pretrained {input.pretrained}"
         " --data {DATA}/{wildcards.dataset} --work-dir {params.work_dir} --output {output.model}"
@@ -72,7 +64,7 @@ rule evaluate:
         settings=evaluate_settings,
         work_dir=lambda wc: f"{EVALUATE_DIR.format(**wc)}/eval",
     resources:
-        gpu=lambda wc: 0 if scale_of(wc) == "smoke" else 1,
+        **resources_of("evaluate"),
     shell:
         "{PYTHON} -m pipeline.evaluate --checkpoint {input.model} --data {DATA}/{wildcards.dataset}"
         " --metrics {output.metrics} --work-dir {params.work_dir} --log-file {log} {params.settings}"

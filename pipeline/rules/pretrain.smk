@@ -12,12 +12,6 @@ def pretrain_settings(wildcards) -> str:
                                                            config["smoke"]["pretrain"], int(wildcards.seed)))
 
 
-def pretrain_resources(wildcards) -> dict:
-    if wildcards.recipe == "demo" or scale_of(wildcards) == "smoke":
-        return SMOKE_RESOURCES
-    return recipes.resources("pretrain", wildcards.recipe, wildcards.backbone)
-
-
 rule pretrain:
     input:
         manifest=f"{DATA}/{{dataset}}.manifest.json",
@@ -32,9 +26,7 @@ rule pretrain:
         settings=pretrain_settings,
         work_dir=lambda wc: f"{PRETRAIN_DIR.format(**wc)}/state",
     resources:
-        gpu=lambda wc: pretrain_resources(wc)["gpus"],
-        nodes=lambda wc: pretrain_resources(wc)["nodes"],
-        runtime=lambda wc: pretrain_resources(wc)["minutes"],
+        **resources_of("pretrain"),
     shell:
         "{PYTHON} -m pipeline.pretrain --model {wildcards.backbone} --data {DATA}/{wildcards.dataset}"
         " --work-dir {params.work_dir} --output {output.model} --metrics {output.metrics}"
