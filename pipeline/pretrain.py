@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 import models
 from pipeline.io import atomic_torch_save, atomic_write_json, claim_work_dir
+from pipeline.preempt import REQUEUE_EXIT, Requeue, StopSignal
 from pipeline.cli import parse_settings
 from pipeline.data.imagenet import read_classes
 from pipeline.logs import setup_logging
@@ -282,6 +283,7 @@ def train(cfg: PretrainConfig) -> dict:
                            "ema": ema.state_dict() if ema is not None else None, "step": step,
                            "rng": _rng_state(), "config": asdict(cfg)}, state_file)
 
+    stop = StopSignal()
     bar = tqdm(total=total, initial=step, desc=f"pretrain {cfg.model}", unit="step", dynamic_ncols=True,
                disable=rank > 0)
     local = cfg.batch_size // world
@@ -329,6 +331,15 @@ def train(cfg: PretrainConfig) -> dict:
                 log.info("step %d/%d loss %.4f, checkpoint %s", step, total, loss_value, state_file)
             if step == total:
                 break
+            if stop.requested(world):
+                save_state()
+                log.info("stop signal: state saved at step %d of %d in %s; run again to resume", step, total,
+                         state_file)
+                bar.close()
+                if world > 1:
+                    dist.barrier()
+                    dist.destroy_process_group()
+                raise Requeue
     bar.close()
     if rank:
         dist.barrier()
@@ -360,6 +371,8 @@ def main(argv=None) -> int:
     except (TrainingError, models.CheckpointError) as e:
         setup_logging(cfg.log_file, "pretrain").error("%s", e)
         return 1
+    except Requeue:
+        return REQUEUE_EXIT
     return 0
 
 

@@ -8,6 +8,7 @@ import time
 import torch
 
 from conftest import BIN, PYTHON, ROOT, run
+from pipeline.preempt import REQUEUE_EXIT
 
 # The DeiT recipe's random pieces (Mixup/CutMix, RandAugment, random erasing) and the EMA, in deterministic mode:
 # the resumed run must replay them exactly.
@@ -48,6 +49,24 @@ def test_killed_run_resumes_to_identical_weights(embedded_data, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), key
     assert json.loads((killed / "metrics.json").read_text())["top1"] == json.loads(
         (straight / "metrics.json").read_text())["top1"]
+
+    # SLURM's warning signal before a time limit or preemption: state saved at once, exit 75, then resumed.
+    signalled = tmp_path / "signalled"
+    proc = subprocess.Popen(_args(data, signalled), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    state = signalled / "state" / "last.pth"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR2)
+    assert proc.wait(timeout=300) == REQUEUE_EXIT, proc.stderr.read()[-2000:]
+    stopped_at = torch.load(state, weights_only=True)["step"]
+    assert f"stop signal: state saved at step {stopped_at} of 6" in (signalled / "log").read_text()
+    assert not (signalled / "model.pth").exists()
+    run(_args(data, signalled))
+    a = torch.load(straight / "model.pth", weights_only=True)["model"]
+    b = torch.load(signalled / "model.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_changed_settings_start_fresh_and_keep_old_state(embedded_data, tmp_path):

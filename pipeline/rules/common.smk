@@ -1,5 +1,7 @@
 # Shared by every rule file: the validated config and registry, the interpreter, path helpers.
 
+import json
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -21,6 +23,8 @@ except registry.ConfigError as e:
     raise WorkflowError(str(e)) from None
 
 PYTHON = sys.executable
+# Training and evaluation commands run through pipeline/launch.py: here, or on SLURM (config `cluster:`).
+LAUNCH = f"{PYTHON} -m pipeline.launch --cluster {shlex.quote(json.dumps(config['cluster']))}"
 DATA = config["data_root"]
 DEMO = config["demo"]
 SCALE = config["scale"]

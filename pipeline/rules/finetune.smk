@@ -37,10 +37,13 @@ rule finetune:
     params:
         settings=finetune_settings,
         work_dir=lambda wc: f"{FINETUNE_DIR.format(**wc)}/state",
+        run_dir=lambda wc: FINETUNE_DIR.format(**wc),
     resources:
         **resources_of("finetune"),
     shell:
-        "{PYTHON} -m pipeline.finetune --backbone {wildcards.backbone} --pretrained {input.pretrained}"
+        "{LAUNCH} --run-dir {params.run_dir} --gpus {resources.gpu} --nodes {resources.nodes} --tasks-per-node 1"
+        " --minutes {resources.runtime} --output {output.model} --"
+        " {PYTHON} -m pipeline.finetune --backbone {wildcards.backbone} --pretrained {input.pretrained}"
         " --data {DATA}/{wildcards.dataset} --work-dir {params.work_dir} --output {output.model}"
         " --log-file {log} {params.settings}"
 
@@ -63,8 +66,11 @@ rule evaluate:
     params:
         settings=evaluate_settings,
         work_dir=lambda wc: f"{EVALUATE_DIR.format(**wc)}/eval",
+        run_dir=lambda wc: EVALUATE_DIR.format(**wc),
     resources:
         **resources_of("evaluate"),
     shell:
-        "{PYTHON} -m pipeline.evaluate --checkpoint {input.model} --data {DATA}/{wildcards.dataset}"
+        "{LAUNCH} --run-dir {params.run_dir} --gpus {resources.gpu} --nodes {resources.nodes} --tasks-per-node 1"
+        " --minutes {resources.runtime} --output {output.metrics} --"
+        " {PYTHON} -m pipeline.evaluate --checkpoint {input.model} --data {DATA}/{wildcards.dataset}"
         " --metrics {output.metrics} --work-dir {params.work_dir} --log-file {log} {params.settings}"

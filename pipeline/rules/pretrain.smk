@@ -25,10 +25,13 @@ rule pretrain:
     params:
         settings=pretrain_settings,
         work_dir=lambda wc: f"{PRETRAIN_DIR.format(**wc)}/state",
+        run_dir=lambda wc: PRETRAIN_DIR.format(**wc),
     resources:
         **resources_of("pretrain"),
     shell:
-        "{PYTHON} -m pipeline.pretrain --model {wildcards.backbone} --data {DATA}/{wildcards.dataset}"
+        "{LAUNCH} --run-dir {params.run_dir} --gpus {resources.gpu} --nodes {resources.nodes}"
+        " --minutes {resources.runtime} --output {output.model} --output {output.metrics} --"
+        " {PYTHON} -m pipeline.pretrain --model {wildcards.backbone} --data {DATA}/{wildcards.dataset}"
         " --work-dir {params.work_dir} --output {output.model} --metrics {output.metrics}"
         " --log-file {log} {params.settings}"
 

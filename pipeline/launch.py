@@ -1,0 +1,217 @@
+"""Run one training or evaluation command here, or on SLURM through submitit; Snakemake's GPU rules call this.
+
+    python -m pipeline.launch --run-dir DIR --gpus G --nodes N --minutes M [--output F ...] -- ENGINE ARGS...
+
+`ENGINE ARGS` is the engine's own command (`python -m pipeline.pretrain ...`). The executor comes from the
+config's `cluster:` section (config/config.yaml, overridden by profiles/slurm/cluster.yaml under
+`--profile profiles/slurm`), which the rules pass as JSON:
+
+- local: the command runs here, as a child process; with G > 1 GPUs, one process per GPU under torchrun.
+- slurm: one submitit job with N nodes x G tasks (one per GPU, at least one), each task running the command
+  with RANK/WORLD_SIZE/MASTER_ADDR set from the job (torch.distributed's env:// set-up). SLURM signals USR2
+  `signal_delay_s` before the time limit, and `scancel --signal=USR2` does the same for a preemption: the
+  engine saves its state and exits with REQUEUE_EXIT (pipeline/preempt.py), and the job requeues itself with
+  the same job id, at most `max_timeouts` times for time limits. The job id is kept in DIR/slurm/job.json; when
+  Snakemake is restarted while the job is pending or running, this attaches to it instead of submitting again.
+  While waiting it prints the job's state changes and new log lines; a failed job ends this command with its
+  log tail and one error line. The engine writes the declared outputs itself, atomically, when it completes;
+  this command checks they are there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.preempt import REQUEUE_EXIT
+
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
+          "REQUEUE_FED", "UNKNOWN"}
+
+
+class LaunchError(Exception):
+    pass
+
+
+class EngineTask:
+    """What each SLURM task runs: the engine command as a child process, with the task's distributed rank.
+    On SLURM's USR2 submitit calls `checkpoint`: the child (signalled too) saves and exits, then the job is
+    requeued with this same task."""
+
+    def __init__(self, command: list[str], cwd: str):
+        self.command, self.cwd = command, cwd
+        self.child: subprocess.Popen | None = None
+
+    def __call__(self) -> int:
+        import submitit
+
+        env = dict(os.environ)
+        job = submitit.JobEnvironment()
+        if job.num_tasks > 1:
+            dist = submitit.helpers.TorchDistributedEnvironment()
+            env.update(MASTER_ADDR=dist.master_addr, MASTER_PORT=str(dist.master_port), RANK=str(dist.rank),
+                       WORLD_SIZE=str(dist.world_size), LOCAL_RANK=str(dist.local_rank),
+                       LOCAL_WORLD_SIZE=str(dist.local_world_size))
+        self.child = subprocess.Popen(self.command, cwd=self.cwd, env=env)
+        code = self.child.wait()
+        if code == REQUEUE_EXIT:
+            # The stop signal reached the engine; submitit's handler is requeuing this job (rank 0) or this
+            # task just ends with it.
+            time.sleep(60)
+        if code:
+            raise LaunchError(f"{' '.join(self.command[:3])} ... exited {code} in job {job.job_id}")
+        return code
+
+    def checkpoint(self):
+        import submitit
+
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGUSR2)
+            try:
+                self.child.wait(timeout=float(os.environ.get("BACKBONE_REPRO_STOP_WAIT_S", "600")))
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+        return submitit.helpers.DelayedSubmission(EngineTask(self.command, self.cwd))
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _state(job) -> str:
+    """The job's SLURM state now (sacct, not submitit's cached view): RUNNING, COMPLETED, "CANCELLED by 0" ->
+    CANCELLED, ..."""
+    info = job.get_info(mode="force")
+    return (info.get("State") or "UNKNOWN").split()[0]
+
+
+def run_local(command: list[str], tasks: int) -> int:
+    if tasks > 1:
+        module = command.index("-m")
+        command = [*command[:module], "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+                   *command[module:]]
+    return subprocess.run(command).returncode
+
+
+class SlurmRun:
+    def __init__(self, run_dir: Path, settings: dict):
+        import submitit
+
+        self.folder = run_dir / "slurm"
+        self.record = self.folder / "job.json"
+        self.settings = settings
+        self.submitit = submitit
+
+    def attached(self):
+        """The job of an earlier launch that is still pending or running, if any."""
+        if not self.record.exists():
+            return None
+        job = self.submitit.SlurmJob(self.folder, json.loads(self.record.read_text())["job_id"])
+        state = _state(job)
+        return job if state in ACTIVE and state != "UNKNOWN" else None
+
+    def submit(self, command: list[str], gpus: int, nodes: int, tasks: int, minutes: int, name: str):
+        s = self.settings
+        executor = self.submitit.AutoExecutor(folder=self.folder, cluster="slurm",
+                                              slurm_max_num_timeout=int(s.get("max_timeouts", 3)))
+        params = dict(name=name, nodes=nodes, tasks_per_node=tasks, gpus_per_node=gpus, timeout_min=minutes,
+                      cpus_per_task=int(s.get("cpus_per_task", 1)),
+                      mem_gb=int(s.get("mem_gb_per_task", 4)) * tasks,
+                      slurm_signal_delay_s=int(s.get("signal_delay_s", 120)))
+        for key in ("partition", "account", "qos"):
+            if s.get(key):
+                params[f"slurm_{key}"] = s[key]
+        executor.update_parameters(**params)
+        job = executor.submit(EngineTask(command, os.getcwd()))
+        tmp = self.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"job_id": job.job_id, "name": name, "command": command,
+                                   "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+        tmp.replace(self.record)
+        return job
+
+    def wait(self, job, poll_s: float) -> None:
+        last_state, shown = None, 0
+        start = time.time()
+        while True:
+            state = _state(job)
+            if state != last_state:
+                print(f"launch: slurm job {job.job_id} {state} ({time.time() - start:.0f} s)", file=sys.stderr,
+                      flush=True)
+                last_state = state
+            log = Path(job.paths.stdout)
+            if log.exists():
+                lines = log.read_text(errors="replace").splitlines()
+                for line in lines[shown:]:
+                    print(f"  [{job.job_id}] {line}", file=sys.stderr)
+                shown = len(lines)
+            if state not in ACTIVE:
+                break
+            time.sleep(poll_s)
+        if state != "COMPLETED":
+            tail = _tail(Path(job.paths.stderr))
+            raise LaunchError(f"slurm job {job.job_id} ended {state}; its log: {job.paths.stderr}"
+                              + (f"\n{tail}" if tail else ""))
+
+
+def launch(args) -> int:
+    settings = json.loads(args.cluster)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise LaunchError("no command to run after --")
+    executor = settings.get("executor", "local")
+    # One task per GPU (DDP) unless the engine starts its own workers; at least one.
+    tasks = max(args.gpus if args.tasks_per_node is None else args.tasks_per_node, 1)
+    if executor == "local":
+        code = run_local(command, tasks)
+        if code:
+            return code
+    elif executor == "slurm":
+        run = SlurmRun(Path(args.run_dir), settings)
+        run.folder.mkdir(parents=True, exist_ok=True)
+        job = run.attached()
+        if job is not None:
+            print(f"launch: attaching to slurm job {job.job_id} ({run.record})", file=sys.stderr, flush=True)
+        else:
+            job = run.submit(command, args.gpus, args.nodes, tasks, args.minutes,
+                             args.name or Path(args.run_dir).name)
+            print(f"launch: submitted slurm job {job.job_id} ({run.record})", file=sys.stderr, flush=True)
+        run.wait(job, float(settings.get("poll_s", 30)))
+    else:
+        raise LaunchError(f"config field 'cluster.executor' is {executor!r}; valid: local, slurm")
+    missing = [o for o in args.output if not Path(o).exists()]
+    if missing:
+        raise LaunchError(f"the job completed but did not write {', '.join(missing)}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", required=True, help="the job's result folder (slurm/ job records go there)")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs per node")
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--tasks-per-node", type=int,
+                        help="processes per node (default: one per GPU); 1 for engines that start their own")
+    parser.add_argument("--minutes", type=int, default=60, help="wall-time limit")
+    parser.add_argument("--name", help="job name")
+    parser.add_argument("--output", action="append", default=[], help="a file the command must have written")
+    parser.add_argument("--cluster", default='{"executor": "local"}',
+                        help="the config's `cluster:` section as JSON (the rules pass Snakemake's merged config)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- ENGINE ARGS...")
+    args = parser.parse_args(argv)
+    try:
+        return launch(args)
+    except LaunchError as e:
+        print(f"launch: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
