@@ -28,7 +28,6 @@ from pathlib import Path
 PACKAGES = ["slurm-wlm", "slurmdbd", "munge", "mariadb-server"]
 DAEMONS = {"munged": "munge", "mariadbd": "mariadb-server", "slurmdbd": "slurmdbd", "slurmctld": "slurm-wlm",
            "slurmd": "slurm-wlm"}
-CLUSTER = "repro"
 FAKE_GPUS = 2
 DB_USER, DB_PASS = "slurm", "slurm"
 DEFAULT_STATE = Path(__file__).resolve().parent.parent / ".cache" / "slurm"
@@ -87,6 +86,15 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
+def cluster_name(state: Path) -> str:
+    """One accounting cluster per state directory: job ids restart at 1 with a fresh state directory, and the
+    accounting database (shared, in MariaDB) must not answer for an earlier cluster's job of the same id."""
+    path = state / "cluster_name"
+    if not path.exists():
+        path.write_text(f"repro{os.getpid() % 1000:03d}{int(time.time()) % 100000:05d}")
+    return path.read_text().strip()
+
+
 def configure(state: Path) -> Path:
     host = socket.gethostname().split(".")[0]
     cpus = os.cpu_count() or 1
@@ -100,7 +108,7 @@ def configure(state: Path) -> Path:
             dev.symlink_to("/dev/null")  # a character device: slurmd sets CUDA_VISIBLE_DEVICES for it
     _write(etc / "slurm.conf", f"""\
 # Single-node test cluster (envs/slurm_cluster.py).
-ClusterName={CLUSTER}
+ClusterName={cluster_name(state)}
 SlurmctldHost={host}
 SlurmUser=root
 SlurmdUser=root
@@ -185,8 +193,9 @@ def start(state: Path) -> dict:
                            f"GRANT ALL ON slurm_acct_db.* TO '{DB_USER}'@'localhost'; FLUSH PRIVILEGES;"])
     sacctmgr_ok = lambda: _run(["sacctmgr", "-n", "show", "cluster"], check=False, env=env).returncode == 0  # noqa: E731
     launch("slurmdbd", ["/usr/sbin/slurmdbd", "-D"], sacctmgr_ok)
-    if CLUSTER not in _run(["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"], env=env).stdout.split():
-        _run(["sacctmgr", "-i", "add", "cluster", CLUSTER], env=env)
+    cluster = cluster_name(state)
+    if cluster not in _run(["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"], env=env).stdout.split():
+        _run(["sacctmgr", "-i", "add", "cluster", cluster], env=env)
     launch("slurmctld", ["/usr/sbin/slurmctld", "-D"],
            lambda: _run(["scontrol", "ping"], check=False, env=env).stdout.count("UP") > 0)
     launch("slurmd", ["/usr/sbin/slurmd", "-D"],

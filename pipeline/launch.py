@@ -44,8 +44,8 @@ class EngineTask:
     On SLURM's USR2 submitit calls `checkpoint`: the child (signalled too) saves and exits, then the job is
     requeued with this same task."""
 
-    def __init__(self, command: list[str], cwd: str):
-        self.command, self.cwd = command, cwd
+    def __init__(self, command: list[str], cwd: str, stop_wait_s: float):
+        self.command, self.cwd, self.stop_wait_s = command, cwd, stop_wait_s
         self.child: subprocess.Popen | None = None
 
     def __call__(self) -> int:
@@ -58,8 +58,12 @@ class EngineTask:
             env.update(MASTER_ADDR=dist.master_addr, MASTER_PORT=str(dist.master_port), RANK=str(dist.rank),
                        WORLD_SIZE=str(dist.world_size), LOCAL_RANK=str(dist.local_rank),
                        LOCAL_WORLD_SIZE=str(dist.local_world_size))
-        self.child = subprocess.Popen(self.command, cwd=self.cwd, env=env)
-        code = self.child.wait()
+        # The engine ignores USR2 until it installs its own handler (a signal during start-up is resent).
+        self.child = subprocess.Popen(self.command, cwd=self.cwd, env=env,
+                                      preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
+        # Polled, not wait()ed: submitit's USR2 handler runs in this thread and must be able to reap the child.
+        while (code := self.child.poll()) is None:
+            time.sleep(0.5)
         if code == REQUEUE_EXIT:
             # The stop signal reached the engine; submitit's handler is requeuing this job (rank 0) or this
             # task just ends with it.
@@ -71,13 +75,17 @@ class EngineTask:
     def checkpoint(self):
         import submitit
 
-        if self.child is not None and self.child.poll() is None:
+        # Ask the engine to save and stop (again each second, in case it was still starting), until the time
+        # left before SLURM's kill runs short; then it resumes from its last periodic checkpoint.
+        deadline = time.time() + self.stop_wait_s
+        while self.child is not None and self.child.poll() is None and time.time() < deadline:
             self.child.send_signal(signal.SIGUSR2)
-            try:
-                self.child.wait(timeout=float(os.environ.get("BACKBONE_REPRO_STOP_WAIT_S", "600")))
-            except subprocess.TimeoutExpired:
-                self.child.kill()
-        return submitit.helpers.DelayedSubmission(EngineTask(self.command, self.cwd))
+            time.sleep(1)
+        if self.child is not None and self.child.poll() is None:
+            self.child.kill()
+            while self.child.poll() is None:
+                time.sleep(0.2)
+        return submitit.helpers.DelayedSubmission(EngineTask(self.command, self.cwd, self.stop_wait_s))
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -130,7 +138,8 @@ class SlurmRun:
             if s.get(key):
                 params[f"slurm_{key}"] = s[key]
         executor.update_parameters(**params)
-        job = executor.submit(EngineTask(command, os.getcwd()))
+        stop_wait = max(params["slurm_signal_delay_s"] - 15, 5)
+        job = executor.submit(EngineTask(command, os.getcwd(), stop_wait))
         tmp = self.record.with_suffix(".tmp")
         tmp.write_text(json.dumps({"job_id": job.job_id, "name": name, "command": command,
                                    "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
@@ -156,7 +165,7 @@ class SlurmRun:
                 break
             time.sleep(poll_s)
         if state != "COMPLETED":
-            tail = _tail(Path(job.paths.stderr))
+            tail = _tail(Path(job.paths.stderr), 40)  # the engine's error, then submitit's traceback
             raise LaunchError(f"slurm job {job.job_id} ended {state}; its log: {job.paths.stderr}"
                               + (f"\n{tail}" if tail else ""))
 

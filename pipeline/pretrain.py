@@ -201,6 +201,7 @@ def build_optimizer(model, cfg: PretrainConfig) -> torch.optim.Optimizer:
 
 
 def train(cfg: PretrainConfig) -> dict:
+    stop = StopSignal()
     rank, world, device = init_distributed()
     log = setup_logging(cfg.log_file if rank == 0 else None, "pretrain")
     if rank:
@@ -283,7 +284,6 @@ def train(cfg: PretrainConfig) -> dict:
                            "ema": ema.state_dict() if ema is not None else None, "step": step,
                            "rng": _rng_state(), "config": asdict(cfg)}, state_file)
 
-    stop = StopSignal()
     bar = tqdm(total=total, initial=step, desc=f"pretrain {cfg.model}", unit="step", dynamic_ncols=True,
                disable=rank > 0)
     local = cfg.batch_size // world
