@@ -2,7 +2,8 @@
 # One idempotent set-up step (`make setup`; `make demo` and `make test` call it):
 #   1. uv (pinned) into .cache/, 2. the locked environment into .venv/ (uv.lock),
 #   3. detectron2 v0.6 as pure Python (envs/install_detectron2.py), 4. the sdists the embedded data
-#   is built from (envs/sdists.txt), 5. DVC's default remote: a local directory.
+#   is built from (envs/sdists.txt), 5. DVC's default remote: a local directory, 6. the snakemake profiles
+#   `local` and `slurm` by name (links in ~/.config/snakemake to profiles/).
 # Downloads are cached (uv's cache, .cache/sdists); the Makefile re-runs this only when its inputs change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +34,15 @@ if ! .venv/bin/dvc remote list --local 2>/dev/null | grep -q .; then
   .venv/bin/dvc remote add --local --default local "$REMOTE" >/dev/null
   echo "setup: DVC default remote -> $REMOTE (set BACKBONE_REPRO_DVC_REMOTE to choose another)"
 fi
+# `snakemake --profile slurm` / `--profile local` find profiles by name in the user's config folder.
+PROFILES="${XDG_CONFIG_HOME:-$HOME/.config}/snakemake"
+mkdir -p "$PROFILES"
+for name in local slurm; do
+  if [ ! -e "$PROFILES/$name" ]; then  # absent, or a link to a clone that is gone
+    ln -sfn "$PWD/profiles/$name" "$PROFILES/$name"
+    echo "setup: snakemake profile '$name' -> $PWD/profiles/$name"
+  elif [ "$(readlink "$PROFILES/$name")" != "$PWD/profiles/$name" ]; then
+    echo "setup: note: $PROFILES/$name is another profile; use --profile profiles/$name here"
+  fi
+done
 echo "setup: done"

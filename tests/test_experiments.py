@@ -128,3 +128,21 @@ def test_user_weights_only_for_models_the_pipeline_does_not_pretrain():
     experiments.check_supplied_weights({"resnet50_torchvision": "/w/resnet50.pth"})
     with pytest.raises(registry.ConfigError, match="pretrained_weights.pvt_tiny.*resnet50_torchvision"):
         experiments.check_supplied_weights({"pvt_tiny": "/w/pvt_tiny.pth"})
+
+
+@pytest.mark.parametrize("profile", ["profiles/local", "profiles/slurm"])
+def test_unknown_target_is_one_line_with_the_valid_ones(project, profile):
+    proc = run([BIN / "snakemake", "--profile", profile, "-n", "pvt_table12", "--config", "data_root=data"],
+               cwd=project, check=False)
+    assert proc.returncode != 0
+    line = next(l for l in (proc.stdout + proc.stderr).splitlines() if "unknown target" in l)
+    assert "'pvt_table12'" in line and "pvt_table4" in line and "table5" in line and "hornet_imagenet" in line
+
+
+def test_slurm_profile_dry_run_lists_each_job_with_its_gpus(project):
+    proc = run([BIN / "snakemake", "--profile", "profiles/slurm", "-n", "table5", "--config", "paper=pvt",
+                "data_root=data"], cwd=project)
+    # PVT §5.3: Semantic FPN on 4 GPUs; §5.1: ImageNet pretraining on 8.
+    finetune = [b for b in proc.stdout.split("\n\n") if "rule finetune:" in b]
+    assert finetune and all("gpu=4, nodes=1" in b for b in finetune)
+    assert "gpu=8, nodes=1" in next(b for b in proc.stdout.split("\n\n") if "rule pretrain:" in b)

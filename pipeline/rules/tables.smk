@@ -53,3 +53,18 @@ for _number, _found in experiments.numbered(config["paper"]).items():
 rule all:
     input:
         [experiments.table_path(t) for t in experiments.reproducible()],
+
+
+
+def _unknown_target(wildcards):
+    tables = ", ".join(f"table{n}" for n in experiments.numbered(config["paper"]))
+    raise WorkflowError(f"unknown target {wildcards.name!r}; valid: demo, all, {tables} (paper {config['paper']} "
+                        f"in config), {', '.join(experiments.reproducible())}")
+
+
+# A bare name that is no rule (`pvt_table12`) reaches this rule, which stops with one line listing the targets.
+rule reject_target:
+    input: _unknown_target
+    output: "{name}"
+    wildcard_constraints:
+        name=r"[A-Za-z0-9_]+",
