@@ -14,11 +14,11 @@ demo: setup
 	.venv/bin/snakemake --profile profiles/local demo
 
 # Two pytest workers: most tests spend their time starting Python processes, which use one core each.
-# loadgroup keeps the SLURM tests (xdist_group "slurm") on one worker, with one cluster.
+# loadfile keeps each test file on one worker: the SLURM tests share one cluster.
 TEST_WORKERS ?= 2
 
 test: setup
-	.venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	.venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Re-export envs/requirements.lock.txt after changing uv.lock (a test checks they agree).
 export-env: setup

@@ -335,7 +335,7 @@ def finetune(cfg: FinetuneConfig) -> None:
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=scheduler),
-        hooks.PeriodicCheckpointer(checkpointer, cfg.checkpoint_every, max_iter=iters, max_to_keep=2),
+        hooks.PeriodicCheckpointer(checkpointer, cfg.checkpoint_every, max_iter=iters, max_to_keep=1),
         hooks.PeriodicWriter([JSONWriter(f"{cfg.work_dir}/metrics.json")], period=1),
         ProgressBar(iters, f"finetune {cfg.backbone} {cfg.task}"),
     ])

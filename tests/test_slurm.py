@@ -15,8 +15,7 @@ import torch
 
 from conftest import BIN, PYTHON, ROOT, copy_project, run
 
-pytestmark = pytest.mark.xdist_group("slurm")  # one cluster per session: these tests share one worker
-
+# One cluster per session: `make test` runs each test file on one pytest-xdist worker (--dist loadfile).
 SETTINGS = {"executor": "slurm", "cpus_per_task": 1, "mem_gb_per_task": 2, "signal_delay_s": 40, "max_timeouts": 3,
             "poll_s": 1}
 
