@@ -148,6 +148,13 @@ def numbered(paper: str) -> dict[int, list[Experiment]]:
     return dict(sorted(out.items()))
 
 
+def unknown_target(name: str, paper: str, others: tuple[str, ...] = ("demo", "all")) -> str:
+    """The one line for a target that is no table: the valid ones, `table<N>` as numbered for the paper."""
+    tables = ", ".join(f"table{n}" for n in numbered(paper))
+    return (f"unknown target {name!r}; valid: {', '.join(others)}, {tables} (paper {paper} in config), "
+            f"{', '.join(reproducible())}")
+
+
 def check_supplied_weights(weights: dict) -> None:
     """`pretrained_weights` in the config may only name models the pipeline does not pretrain itself."""
     supplied = [m for m in model_index.list_models() if default_pretrain(m) == SUPPLIED]

@@ -44,8 +44,7 @@ def resolve(target: str, paper: str) -> list[str]:
         return [e.target for e in found]
     exp = experiments.experiments().get(target)
     if exp is None:
-        raise registry.ConfigError(f"unknown target {target!r}; valid: all, table<N> (with paper in config), "
-                                   f"{', '.join(reproducible)}")
+        raise registry.ConfigError(experiments.unknown_target(target, paper, others=("all",)))
     if exp.not_reproduced:
         raise registry.ConfigError(f"{target} ({exp.paper} {exp.title}) is not reproduced: {exp.not_reproduced}")
     return [target]

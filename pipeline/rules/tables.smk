@@ -55,11 +55,8 @@ rule all:
         [experiments.table_path(t) for t in experiments.reproducible()],
 
 
-
 def _unknown_target(wildcards):
-    tables = ", ".join(f"table{n}" for n in experiments.numbered(config["paper"]))
-    raise WorkflowError(f"unknown target {wildcards.name!r}; valid: demo, all, {tables} (paper {config['paper']} "
-                        f"in config), {', '.join(experiments.reproducible())}")
+    raise WorkflowError(experiments.unknown_target(wildcards.name, config["paper"]))
 
 
 # A bare name that is no rule (`pvt_table12`) reaches this rule, which stops with one line listing the targets.
