@@ -57,6 +57,14 @@ def _running(name: str) -> list[int]:
     return pids
 
 
+def _conf_of(pid: int) -> str | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"SLURM_CONF=")), None)
+
+
 def _wait(what: str, ok, timeout: float = 60.0, log: Path | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -173,7 +181,13 @@ def start(state: Path) -> dict:
     log = state / "log"
 
     def launch(name, cmd, ready, user=None):
-        if _running(name):
+        if pids := _running(name):
+            if name in ("slurmctld", "slurmd") and set(pids) - set(started.get(name) or []):
+                # munged, MariaDB and slurmdbd serve any cluster; a controller belongs to its own.
+                other = _conf_of(pids[0])
+                raise ClusterError(f"{name} (pid {pids[0]}) already runs another cluster (SLURM_CONF={other}); "
+                                   f"stop it first: envs/slurm_cluster.py stop --state-dir "
+                                   f"{Path(other).parent.parent if other else '<its state dir>'}")
             return
         _spawn(cmd, log / f"{name}.out", user, env)
         _wait(name, ready, log=log / f"{name}.out")

@@ -11,6 +11,9 @@ Each shim below is one item of the compatibility list in the README ("Environmen
 5. `detectron2.export` imports caffe2, which torch 2.x no longer has.
 6. torch >= 2.6 loads with `weights_only=True`; numpy arrays in converted checkpoints are allowed
    explicitly instead of turning the safe loader off.
+7. `detectron2.engine.launch` needs CUDA for more than one process in v0.6; later detectron2 versions run the
+   processes with gloo on a machine without GPUs. `distributed_launch()` returns v0.6's launch with that worker
+   (pipeline/finetune.py uses it; importing detectron2.engine here would slow every other import).
 """
 
 from __future__ import annotations
@@ -117,6 +120,43 @@ def _safe_numpy_unpickling() -> None:
     dtypes = {type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "b1")}
     torch.serialization.add_safe_globals(
         [np._core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes])
+
+
+def _distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args,
+                        timeout):
+    """detectron2's per-process set-up for `launch`, with gloo where there is no GPU."""
+    import logging
+
+    import torch
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    cuda = torch.cuda.is_available()
+    if cuda and num_gpus_per_machine > torch.cuda.device_count():
+        raise RuntimeError(f"{num_gpus_per_machine} processes per machine, but {torch.cuda.device_count()} "
+                           "GPUs are visible; ask the job for as many GPUs as processes")
+    rank = machine_rank * num_gpus_per_machine + local_rank
+    try:
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=dist_url, world_size=world_size,
+                                rank=rank, timeout=timeout)
+    except Exception:
+        logging.getLogger(__name__).error("process group set-up failed at %s", dist_url)
+        raise
+    for machine in range(world_size // num_gpus_per_machine):
+        group = dist.new_group(list(range(machine * num_gpus_per_machine, (machine + 1) * num_gpus_per_machine)))
+        if machine == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    comm.synchronize()
+    main_func(*args)
+
+
+def distributed_launch():
+    """detectron2's `launch` (item 7 above)."""
+    module = importlib.import_module("detectron2.engine.launch")
+    module._distributed_worker = _distributed_worker
+    return module.launch
 
 
 def apply() -> None:

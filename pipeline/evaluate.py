@@ -2,8 +2,9 @@
 
 COCO boxes and masks: pycocotools' COCOeval (`box_AP`, `box_AP50`, ..., `mask_AP75`); ADE20K: mean IoU over
 the 150 classes (`mIoU`, `mAcc`, `pAcc`; whole-image or sliding-window inference as the recipe's mmseg config
-tests, and `mIoU_ms_flip` where the recipe names test-time scales); COCO panoptic: PQ, SQ, RQ over all/thing/stuff categories
-(`PQ`, `PQ_th`, `PQ_st`, ...), plus the boxes and masks of its instance branch.
+tests, and `mIoU_ms_flip` where the recipe names test-time scales); COCO panoptic: PQ, SQ, RQ over
+all/thing/stuff categories (`PQ`, `PQ_th`, `PQ_st`, ...), plus the boxes and masks of its instance branch.
+The model runs on the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from detectron2.data import transforms as T
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator, inference_on_dataset
 
 from models import read_checkpoint
-from pipeline.finetune import FinetuneConfig, build_model, kind, register
+from pipeline.finetune import FinetuneConfig, build_model, device, kind, register
 from pipeline.io import atomic_write_json
 from pipeline.logs import setup_logging
 from pipeline.panoptic_quality import PanopticQualityEvaluator
@@ -70,7 +71,7 @@ class SegmentationInference(nn.Module):
         h, w = image.shape[-2:]
         if not self.crop or (h <= self.crop and w <= self.crop):
             return self.model([{"image": image, "height": h, "width": w}])[0]["sem_seg"]
-        out, count = None, torch.zeros(1, h, w)
+        out, count = None, torch.zeros(1, h, w, device=image.device)
         rows = max(h - self.crop + self.stride - 1, 0) // self.stride + 1
         cols = max(w - self.crop + self.stride - 1, 0) // self.stride + 1
         for r in range(rows):
@@ -80,7 +81,7 @@ class SegmentationInference(nn.Module):
                 window = image[:, y1:y2, x1:x2]
                 logits = self.model([{"image": window, "height": y2 - y1, "width": x2 - x1}])[0]["sem_seg"]
                 if out is None:
-                    out = torch.zeros(logits.shape[0], h, w)
+                    out = torch.zeros(logits.shape[0], h, w, device=logits.device)
                 out[:, y1:y2, x1:x2] += logits
                 count[:, y1:y2, x1:x2] += 1
         return out / count
@@ -88,7 +89,7 @@ class SegmentationInference(nn.Module):
     def forward(self, inputs: list[dict]) -> list[dict]:
         results = []
         for item in inputs:
-            image = item["image"].float()
+            image = item["image"].to(self.model.device).float()
             h, w = image.shape[-2:]
             height, width = item.get("height", h), item.get("width", w)
             scores = 0
@@ -116,6 +117,7 @@ def evaluate(checkpoint: str, data: str, metrics_out: str, work_dir: str, score_
     cfg.pretrained = None
     model = build_model(cfg)
     model.load_state_dict(read_checkpoint(checkpoint))
+    model.to(device())
     if cfg.task == "retinanet":
         model.test_score_thresh = score_thresh
     elif kind(cfg.task) != "semantic":

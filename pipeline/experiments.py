@@ -192,36 +192,36 @@ def table_path(target: str) -> str:
     return f"results/tables/{target}.json"
 
 
+def _runs(target: str, seeds: list[int]):
+    """Each run a target's rows need (the baselines of delta rows included), under each seed."""
+    for run in experiments()[target].runs:
+        for r in (run, run.with_backbone(run.baseline)) if run.baseline else (run,):
+            for seed in seeds:
+                yield r, seed
+
+
 def run_outputs(run: Run, scale: str, datasets: dict, seed: int) -> dict[str, str]:
     """The files one run's numbers come from: `pretrain` metrics (ImageNet rows, and top-1 beside detection
     rows when we pretrain), `evaluate` metrics (fine-tuning rows)."""
     out = {}
-    imagenet = dataset("imagenet", scale, datasets)
-    if run.pretrain != SUPPLIED:
-        out["pretrain"] = f"{pretrain_dir(imagenet, run.backbone, run.pretrain, seed)}/metrics.json"
-    if run.kind == "finetune":
-        recipe = recipes.finetune(run.recipe, run.backbone, run.schedule)
-        data = dataset(DATA_LAYOUT[recipe["dataset"]], scale, datasets)
-        where = dense_dir("evaluate", data, recipe["framework"], run.backbone, run.recipe, run.schedule, seed)
-        out["evaluate"] = f"{where}/metrics.json"
+    for job in run_jobs(run, scale, datasets, seed):
+        if job.rule == "pretrain":
+            out["pretrain"] = f"{job.output.rsplit('/', 1)[0]}/metrics.json"
+        elif job.rule == "evaluate":
+            out["evaluate"] = job.output
     return out
 
 
 def table_inputs(target: str, scale: str, datasets: dict, seeds: list[int]) -> list[str]:
     """Every metrics file `gather_table` reads for a target (baselines of delta rows included)."""
-    exp = experiments()[target]
-    files = []
-    for run in exp.runs:
-        for r in (run, run.with_backbone(run.baseline)) if run.baseline else (run,):
-            for seed in seeds:
-                files.extend(run_outputs(r, scale, datasets, seed).values())
+    files = [f for run, seed in _runs(target, seeds) for f in run_outputs(run, scale, datasets, seed).values()]
     return list(dict.fromkeys(files))
 
 
 # ---- jobs and what they ask of a cluster
 
-# A smoke-scale job: one GPU (it runs on the CPU where there is none), minutes. A full-scale evaluation: one GPU over COCO val or ADE20K val, a limit of
-# two hours (assumed: the papers give no evaluation hardware).
+# A smoke-scale job: one GPU (it runs on the CPU where there is none), minutes. A full-scale evaluation: one GPU
+# over COCO val or ADE20K val, a limit of two hours (assumed: the papers give no evaluation hardware).
 SMOKE_RESOURCES = {"gpus": 1, "nodes": 1, "minutes": 30}
 EVALUATE_RESOURCES = {"gpus": 1, "nodes": 1, "minutes": 120}
 # CPU steps (importing user weights, gathering a table).
@@ -254,27 +254,28 @@ class Job:
         return job_resources(self.rule, self.recipe, self.backbone, self.schedule, scale)
 
 
+def run_jobs(run: Run, scale: str, datasets: dict, seed: int) -> list[Job]:
+    """The jobs behind one run: its ImageNet weights (pretrained, or imported when user-supplied), then for
+    fine-tuning rows the fine-tuning and its evaluation."""
+    where = pretrain_dir(dataset("imagenet", scale, datasets), run.backbone, run.pretrain, seed)
+    rule = "import_weights" if run.pretrain == SUPPLIED else "pretrain"
+    found = [Job(rule, f"{where}/model.pth", run.backbone, run.pretrain, None, seed)]
+    if run.kind == "finetune":
+        recipe = recipes.finetune(run.recipe, run.backbone, run.schedule)
+        data = dataset(DATA_LAYOUT[recipe["dataset"]], scale, datasets)
+        for stage, name in (("finetune", "model_final.pth"), ("evaluate", "metrics.json")):
+            where = dense_dir(stage, data, recipe["framework"], run.backbone, run.recipe, run.schedule, seed)
+            found.append(Job(stage, f"{where}/{name}", run.backbone, run.recipe, run.schedule, seed))
+    return found
+
+
 def jobs(target: str, scale: str, datasets: dict, seeds: list[int]) -> list[Job]:
     """The training, evaluation and gathering jobs a table target runs (data preparation not included), each
     once, in the order the rows name them."""
-    exp = experiments()[target]
     out: dict[str, Job] = {}
-    imagenet = dataset("imagenet", scale, datasets)
-    for run in exp.runs:
-        for r in (run, run.with_backbone(run.baseline)) if run.baseline else (run,):
-            for seed in seeds:
-                where = pretrain_dir(imagenet, r.backbone, r.pretrain, seed)
-                rule = "import_weights" if r.pretrain == SUPPLIED else "pretrain"
-                found = [Job(rule, f"{where}/model.pth", r.backbone, r.pretrain, None, seed)]
-                if r.kind == "finetune":
-                    recipe = recipes.finetune(r.recipe, r.backbone, r.schedule)
-                    data = dataset(DATA_LAYOUT[recipe["dataset"]], scale, datasets)
-                    task = recipe["framework"]
-                    found += [Job(stage, f"{dense_dir(stage, data, task, r.backbone, r.recipe, r.schedule, seed)}/"
-                                         f"{name}", r.backbone, r.recipe, r.schedule, seed)
-                              for stage, name in (("finetune", "model_final.pth"), ("evaluate", "metrics.json"))]
-                for job in found:
-                    out.setdefault(job.output, job)
+    for run, seed in _runs(target, seeds):
+        for job in run_jobs(run, scale, datasets, seed):
+            out.setdefault(job.output, job)
     out[table_path(target)] = Job("gather_table", table_path(target))
     return list(out.values())
 

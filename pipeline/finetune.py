@@ -8,11 +8,20 @@ semantic_fpn, upernet, segformer (ADE20K). The length is `--iters`, or `--epochs
 lr steps at `--steps` (epochs); `--poly-power` gives a polynomial decay instead. The work dir holds detectron2's
 periodic checkpoints (written atomically); a re-run continues from the last one. The declared output is the
 final model's weights and the settings that built it.
+
+`--gpus G` runs G processes (one per GPU; gloo on a machine without GPUs) through detectron2's launch;
+`--batch-size` is the total over them. Over several nodes each node runs this command once, with NNODES,
+NODE_RANK, MASTER_ADDR and MASTER_PORT set (pipeline/launch.py does so from the SLURM job). On SLURM's USR2
+(pipeline/preempt.py) the run saves its state after the current iteration and exits with REQUEUE_EXIT; run
+again, it resumes at the next iteration.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,19 +36,23 @@ from detectron2.data import transforms as T
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import SimpleTrainer, hooks
 from detectron2.solver import LRMultiplier, WarmupParamScheduler
+from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import JSONWriter
 from fvcore.common.param_scheduler import MultiStepParamScheduler, PolynomialDecayParamScheduler
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from models import CheckpointError
 from models import dense
 from pipeline.cli import parse_settings
+from pipeline.compat import distributed_launch
 from pipeline.data.register import register_ade20k, register_coco
 from pipeline.detection import AtomicCheckpointer
 from pipeline.io import atomic_torch_save, claim_work_dir, weights_digest
 from pipeline.logs import setup_logging
+from pipeline.preempt import REQUEUE_EXIT, Requeue, StopSignal
 from pipeline.recipes import INSTANCE_TASKS, SEMANTIC_TASKS, TASKS
 
 # The registered training/validation sets each kind of task reads (pipeline/data/register.py).
@@ -97,6 +110,7 @@ class FinetuneConfig:
     rpn_post_nms_topk_train: int = 1000
     seed: int = 0
     workers: int = 0
+    gpus: int = 1  # processes on this node, one per GPU
     log_file: str | None = None
     # The resolution the backbone was pretrained at (its position embeddings' grid); read from the
     # pretrained checkpoint when it records one.
@@ -287,6 +301,24 @@ class ProgressBar(hooks.HookBase):
             self.bar.close()
 
 
+class StopOnSignal(hooks.HookBase):
+    """After the step during which any process got the stop signal: save the full state (model, optimizer,
+    scheduler, iteration), then leave with Requeue; a re-run resumes at the next iteration."""
+
+    def __init__(self, stop: StopSignal, checkpointer, max_iter: int, log):
+        self.stop, self.checkpointer, self.max_iter, self.log = stop, checkpointer, max_iter, log
+
+    def after_step(self):
+        if not self.stop.requested(comm.get_world_size()):
+            return
+        it = self.trainer.iter
+        self.checkpointer.save(f"model_{it:07d}", iteration=it)
+        comm.synchronize()  # every process leaves after the save, so none is stopped while writing
+        self.log.info("stop signal: state saved after iteration %d of %d in %s; run again to resume", it + 1,
+                      self.max_iter, self.checkpointer.get_checkpoint_file())
+        raise Requeue
+
+
 class ClippedTrainer(SimpleTrainer):
     """SimpleTrainer with gradient-norm clipping (`clip` > 0) between backward and the optimizer step."""
 
@@ -312,56 +344,117 @@ def register(task: str, root: str) -> tuple[str, str]:
     return SPLITS[kind(task)]
 
 
+def device() -> torch.device:
+    """This process's GPU (detectron2's launch sets it), or the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def finetune(cfg: FinetuneConfig) -> None:
-    log = setup_logging(cfg.log_file, "finetune")
+    """One process's part of the run (all of it with one process)."""
+    stop = StopSignal()
+    rank, world = comm.get_rank(), comm.get_world_size()
+    log = setup_logging(cfg.log_file if rank == 0 else None, "finetune")
+    if rank:
+        log.setLevel("WARNING")
     kind(cfg.task)
-    seed_all_rng(cfg.seed)
+    if cfg.batch_size % world:
+        raise FinetuneError(f"--batch-size {cfg.batch_size} is the total over {world} processes; it must divide "
+                            "among them")
+    if world > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))  # cores shared on a node
+    seed_all_rng(cfg.seed + rank)
     if cfg.pretrained:
         meta = torch.load(cfg.pretrained, map_location="cpu", weights_only=True)
         cfg.pretrain_img_size = meta.get("img_size", cfg.pretrain_img_size) if isinstance(meta, dict) else 224
     fingerprint = {k: v for k, v in asdict(cfg).items()
-                   if k not in ("work_dir", "output", "log_file", "pretrained", "workers", "checkpoint_every")}
+                   if k not in ("work_dir", "output", "log_file", "pretrained", "workers", "gpus", "checkpoint_every")}
     fingerprint["pretrained_weights_sha256"] = weights_digest(cfg.pretrained) if cfg.pretrained else None
-    claim_work_dir(cfg.work_dir, fingerprint, log)
+    if rank == 0:
+        claim_work_dir(cfg.work_dir, fingerprint, log)
+    comm.synchronize()
     train_set, _ = register(cfg.task, cfg.data)
     dicts = get_detection_dataset_dicts([train_set])
     iters, milestones = schedule_length(cfg, len(dicts))
-    model = build_model(cfg)
+    model = build_model(cfg).to(device())
     model.train()
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, iters, milestones)
-    trainer = ClippedTrainer(model, build_train_loader(cfg, train_set, dicts), optimizer, cfg.clip_grad)
+    net = model if world == 1 else DistributedDataParallel(
+        model, device_ids=[torch.cuda.current_device()] if torch.cuda.is_available() else None,
+        forward_sync_buffers=False)  # detectron2's DDP set-up: no buffer sync in each forward
+    trainer = ClippedTrainer(net, build_train_loader(cfg, train_set, dicts), optimizer, cfg.clip_grad)
     checkpointer = AtomicCheckpointer(model, cfg.work_dir, trainer=trainer)
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=scheduler),
         hooks.PeriodicCheckpointer(checkpointer, cfg.checkpoint_every, max_iter=iters, max_to_keep=1),
-        hooks.PeriodicWriter([JSONWriter(f"{cfg.work_dir}/metrics.json")], period=1),
-        ProgressBar(iters, f"finetune {cfg.backbone} {cfg.task}"),
+        StopOnSignal(stop, checkpointer, iters, log),
+        *([hooks.PeriodicWriter([JSONWriter(f"{cfg.work_dir}/metrics.json")], period=1),
+           ProgressBar(iters, f"finetune {cfg.backbone} {cfg.task}")] if rank == 0 else []),
     ])
     start_iter = 0
     if checkpointer.has_checkpoint():
         checkpointer.resume_or_load(None, resume=True)
         start_iter = trainer.iter + 1
-        log.info("resuming from %s at iteration %d of %d", checkpointer.get_checkpoint_file(), start_iter, iters)
+        log.info("resuming from %s after iteration %d of %d", checkpointer.get_checkpoint_file(), start_iter, iters)
     else:
-        log.info("starting %s %s from %s: %d iterations (lr steps at %s), batch %d, %d training images",
-                 cfg.task, cfg.backbone, cfg.pretrained, iters, milestones or "none", cfg.batch_size, len(dicts))
+        log.info("starting %s %s from %s: %d iterations (lr steps at %s), batch %d over %d process(es) on %s, "
+                 "%d training images", cfg.task, cfg.backbone, cfg.pretrained, iters, milestones or "none",
+                 cfg.batch_size, world, device().type, len(dicts))
     t0 = time.perf_counter()
     if start_iter < iters:
         trainer.train(start_iter, iters)
-    atomic_torch_save({"model": model.state_dict(), "backbone": cfg.backbone, "task": cfg.task, "iters": iters,
-                       "config": asdict(cfg)}, cfg.output)
-    log.info("done in %.0f s -> %s", time.perf_counter() - t0, cfg.output)
+    if rank == 0:
+        config = {**asdict(cfg), "world_size": world}
+        atomic_torch_save({"model": model.state_dict(), "backbone": cfg.backbone, "task": cfg.task, "iters": iters,
+                           "config": config}, cfg.output)
+        log.info("done in %.0f s -> %s", time.perf_counter() - t0, cfg.output)
+    comm.synchronize()
+
+
+def run(cfg: FinetuneConfig) -> int:
+    """One process: 0 when done, 1 on bad input or settings (one log line), REQUEUE_EXIT when stopped by a
+    signal with its state saved. A process that detectron2's launch started exits with that status."""
+    code = 0
+    try:
+        finetune(cfg)
+    except (FileNotFoundError, FloatingPointError, CheckpointError, FinetuneError) as e:
+        setup_logging(cfg.log_file, "finetune").error("%s", e)
+        code = 1
+    except Requeue:
+        code = REQUEUE_EXIT
+    if comm.get_world_size() > 1 and code:
+        sys.exit(code)
+    return code
+
+
+def machines() -> tuple[int, int, str]:
+    """(nodes, this node's rank, rendezvous URL) from the job's environment; one node without it."""
+    nodes = int(os.environ.get("NNODES", "1"))
+    if nodes == 1:
+        return 1, 0, "auto"
+    try:
+        return nodes, int(os.environ["NODE_RANK"]), f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    except KeyError as e:
+        raise FinetuneError(f"NNODES={nodes} but {e.args[0]} is not set; run multi-node jobs through "
+                            "pipeline/launch.py") from None
 
 
 def main(argv=None) -> int:
     cfg = parse_settings(FinetuneConfig, argv, "fine-tune a detectron2 model with a registered backbone")
     try:
-        finetune(cfg)
-    except (FileNotFoundError, FloatingPointError, CheckpointError, FinetuneError) as e:
+        nodes, node_rank, url = machines()
+    except FinetuneError as e:
         setup_logging(cfg.log_file, "finetune").error("%s", e)
         return 1
+    if nodes * cfg.gpus <= 1:
+        return run(cfg)
+    # The stop signal is for the training processes (each installs its handler); this one only waits for them.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    try:
+        distributed_launch()(run, cfg.gpus, nodes, node_rank, url, args=(cfg,))
+    except torch.multiprocessing.ProcessExitedException as e:
+        return e.exit_code if e.exit_code in (1, REQUEUE_EXIT) else 1
     return 0
 
 

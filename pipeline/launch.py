@@ -8,7 +8,9 @@ config's `cluster:` section (config/config.yaml, overridden by profiles/slurm/cl
 
 - local: the command runs here, as a child process; with G > 1 GPUs, one process per GPU under torchrun.
 - slurm: one submitit job with N nodes x G tasks (one per GPU, at least one), each task running the command
-  with RANK/WORLD_SIZE/MASTER_ADDR set from the job (torch.distributed's env:// set-up). SLURM signals USR2
+  with RANK/WORLD_SIZE/MASTER_ADDR set from the job (torch.distributed's env:// set-up). With
+  `--tasks-per-node 1` the engine starts its own per-GPU processes (fine-tuning, through detectron2's launch)
+  and reads its node's place from NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT. SLURM signals USR2
   `signal_delay_s` before the time limit, and `scancel --signal=USR2` does the same for a preemption: the
   engine saves its state and exits with REQUEUE_EXIT (pipeline/preempt.py), and the job requeues itself with
   the same job id, at most `max_timeouts` times for time limits. The job id is kept in DIR/slurm/job.json; when
@@ -44,22 +46,25 @@ class EngineTask:
     On SLURM's USR2 submitit calls `checkpoint`: the child (signalled too) saves and exits, then the job is
     requeued with this same task."""
 
-    def __init__(self, command: list[str], cwd: str, stop_wait_s: float):
-        self.command, self.cwd, self.stop_wait_s = command, cwd, stop_wait_s
+    def __init__(self, command: list[str], cwd: str, stop_wait_s: float, threads: int):
+        self.command, self.cwd, self.stop_wait_s, self.threads = command, cwd, stop_wait_s, threads
         self.child: subprocess.Popen | None = None
 
     def __call__(self) -> int:
         import submitit
 
-        env = dict(os.environ)
+        # CPU threads per GPU process (torch's default, all cores, oversubscribes a node shared by processes).
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
         job = submitit.JobEnvironment()
         if job.num_tasks > 1:
             dist = submitit.helpers.TorchDistributedEnvironment()
             env.update(MASTER_ADDR=dist.master_addr, MASTER_PORT=str(dist.master_port), RANK=str(dist.rank),
                        WORLD_SIZE=str(dist.world_size), LOCAL_RANK=str(dist.local_rank),
-                       LOCAL_WORLD_SIZE=str(dist.local_world_size))
-        # The engine ignores USR2 until it installs its own handler (a signal during start-up is resent).
-        self.child = subprocess.Popen(self.command, cwd=self.cwd, env=env,
+                       LOCAL_WORLD_SIZE=str(dist.local_world_size), NODE_RANK=str(job.node),
+                       NNODES=str(job.num_nodes))
+        # The engine ignores USR2 until it installs its own handler (a signal during start-up is resent). It
+        # leads its own process group, so that `checkpoint` reaches the processes it starts too.
+        self.child = subprocess.Popen(self.command, cwd=self.cwd, env=env, start_new_session=True,
                                       preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
         # Polled, not wait()ed: submitit's USR2 handler runs in this thread and must be able to reap the child.
         while (code := self.child.poll()) is None:
@@ -79,13 +84,20 @@ class EngineTask:
         # left before SLURM's kill runs short; then it resumes from its last periodic checkpoint.
         deadline = time.time() + self.stop_wait_s
         while self.child is not None and self.child.poll() is None and time.time() < deadline:
-            self.child.send_signal(signal.SIGUSR2)
+            self._signal(signal.SIGUSR2)
             time.sleep(1)
         if self.child is not None and self.child.poll() is None:
-            self.child.kill()
+            self._signal(signal.SIGKILL)
             while self.child.poll() is None:
                 time.sleep(0.2)
-        return submitit.helpers.DelayedSubmission(EngineTask(self.command, self.cwd, self.stop_wait_s))
+        return submitit.helpers.DelayedSubmission(EngineTask(self.command, self.cwd, self.stop_wait_s, self.threads))
+
+
+    def _signal(self, signum: int) -> None:
+        try:
+            os.killpg(self.child.pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -95,16 +107,19 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def _state(job) -> str:
-    """The job's SLURM state now (sacct, not submitit's cached view): RUNNING, COMPLETED, "CANCELLED by 0" ->
-    CANCELLED, ..."""
-    info = job.get_info(mode="force")
-    return (info.get("State") or "UNKNOWN").split()[0]
+    """The job's SLURM state now (sacct, not submitit's cached view; squeue while sacct does not know it yet):
+    RUNNING, COMPLETED, "CANCELLED by 0" -> CANCELLED, ..."""
+    state = (job.get_info(mode="force").get("State") or "UNKNOWN").split()[0]
+    if state == "UNKNOWN":
+        queued = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True)
+        state = queued.stdout.strip() or state if queued.returncode == 0 else state
+    return state
 
 
 def run_local(command: list[str], tasks: int) -> int:
     if tasks > 1:
         module = command.index("-m")
-        command = [*command[:module], "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+        command = [*command[:module], "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tasks}",
                    *command[module:]]
     return subprocess.run(command).returncode
 
@@ -130,27 +145,35 @@ class SlurmRun:
         s = self.settings
         executor = self.submitit.AutoExecutor(folder=self.folder, cluster="slurm",
                                               slurm_max_num_timeout=int(s.get("max_timeouts", 3)))
+        # CPUs and memory are per GPU process: a task each (DDP), or all in the one task that starts them.
+        processes = max(gpus, tasks)
         params = dict(name=name, nodes=nodes, tasks_per_node=tasks, gpus_per_node=gpus, timeout_min=minutes,
-                      cpus_per_task=int(s.get("cpus_per_task", 1)),
-                      mem_gb=int(s.get("mem_gb_per_task", 4)) * tasks,
+                      cpus_per_task=int(s.get("cpus_per_gpu", 1)) * processes // tasks,
+                      mem_gb=int(s.get("mem_gb_per_gpu", 4)) * processes,
                       slurm_signal_delay_s=int(s.get("signal_delay_s", 120)))
         for key in ("partition", "account", "qos"):
             if s.get(key):
                 params[f"slurm_{key}"] = s[key]
         executor.update_parameters(**params)
         stop_wait = max(params["slurm_signal_delay_s"] - 15, 5)
-        job = executor.submit(EngineTask(command, os.getcwd(), stop_wait))
+        job = executor.submit(EngineTask(command, os.getcwd(), stop_wait, int(s.get("cpus_per_gpu", 1))))
         tmp = self.record.with_suffix(".tmp")
         tmp.write_text(json.dumps({"job_id": job.job_id, "name": name, "command": command,
                                    "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
         tmp.replace(self.record)
         return job
 
-    def wait(self, job, poll_s: float) -> None:
+    def wait(self, job, poll_s: float, unknown_s: float = 300) -> None:
         last_state, shown = None, 0
-        start = time.time()
+        start = known = time.time()
         while True:
             state = _state(job)
+            if state != "UNKNOWN":
+                known = time.time()
+            elif time.time() - known > unknown_s:
+                raise LaunchError(f"neither sacct nor squeue has known slurm job {job.job_id} for {unknown_s:.0f} s "
+                                  f"(SLURM_CONF={os.environ.get('SLURM_CONF', 'default')}; sacct needs the cluster's "
+                                  "accounting); check it with `scontrol show job` before running again")
             if state != last_state:
                 print(f"launch: slurm job {job.job_id} {state} ({time.time() - start:.0f} s)", file=sys.stderr,
                       flush=True)

@@ -14,8 +14,9 @@ import threading
 REQUEUE_EXIT = 75
 
 
-class Requeue(Exception):
-    """Raised by an engine once its state is saved after a stop signal."""
+class Requeue(BaseException):
+    """Raised by an engine once its state is saved after a stop signal. Not an Exception: it is a planned exit,
+    which training loops' error handlers (detectron2's logs a traceback) let pass."""
 
 
 class StopSignal:
@@ -34,6 +35,8 @@ class StopSignal:
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([1.0 if self._set else 0.0])
+        # NCCL reduces CUDA tensors only.
+        device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+        flag = torch.tensor([1.0 if self._set else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())

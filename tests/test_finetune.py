@@ -9,7 +9,7 @@ import pipeline.compat  # noqa: F401  (before detectron2)
 from detectron2.data import transforms as T
 
 from pipeline import experiments
-from pipeline.finetune import (FinetuneConfig, FinetuneError, build_model, lr_layer, param_groups,
+from pipeline.finetune import (FinetuneConfig, FinetuneError, build_model, lr_layer, machines, param_groups,
                                train_augmentations)
 
 STAGES = ["stages.0", "stages.1", "stages.2", "stages.3"]
@@ -86,3 +86,16 @@ def test_hornet_cascade_augmentation_has_both_detr_branches(tmp_path):
         shapes.add(round(w / h, 2))
     # Resizing alone keeps the 3:2 aspect; crops of 384-600 px squares and slabs change it.
     assert 1.5 in shapes and len(shapes) > 3
+
+
+def test_nodes_come_from_the_job_environment(monkeypatch):
+    """pipeline/launch.py's one task per node tells detectron2's launch the node count, rank and rendezvous."""
+    for key in ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    assert machines() == (1, 0, "auto")
+    for key, value in {"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "gpu-a", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)
+    assert machines() == (2, 1, "tcp://gpu-a:29500")
+    monkeypatch.delenv("MASTER_ADDR")
+    with pytest.raises(FinetuneError, match="MASTER_ADDR is not set"):
+        machines()

@@ -1,5 +1,6 @@
 # detectron2 fine-tuning and evaluation, one job per dataset, task (framework), backbone, recipe, schedule and
 # seed. The ImageNet weights come from the backbone family's pretraining recipe, or are user-supplied.
+# Fine-tuning runs one task per node, which starts a process per GPU (detectron2's launch, pipeline/finetune.py).
 
 
 def finetune_settings(wildcards) -> str:
@@ -44,7 +45,7 @@ rule finetune:
         "{LAUNCH} --run-dir {params.run_dir} --gpus {resources.gpu} --nodes {resources.nodes} --tasks-per-node 1"
         " --minutes {resources.runtime} --output {output.model} --"
         " {PYTHON} -m pipeline.finetune --backbone {wildcards.backbone} --pretrained {input.pretrained}"
-        " --data {DATA}/{wildcards.dataset} --work-dir {params.work_dir} --output {output.model}"
+        " --gpus {resources.gpu} --data {DATA}/{wildcards.dataset} --work-dir {params.work_dir} --output {output.model}"
         " --log-file {log} {params.settings}"
 
 
