@@ -89,7 +89,7 @@ class SegmentationInference(nn.Module):
     def forward(self, inputs: list[dict]) -> list[dict]:
         results = []
         for item in inputs:
-            image = item["image"].to(self.model.device).float()
+            image = item["image"].to(getattr(self.model, "device", item["image"].device)).float()
             h, w = image.shape[-2:]
             height, width = item.get("height", h), item.get("width", w)
             scores = 0
