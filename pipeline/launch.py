@@ -44,7 +44,7 @@ class LaunchError(Exception):
 class EngineTask:
     """What each SLURM task runs: the engine command as a child process, with the task's distributed rank.
     On SLURM's USR2 submitit calls `checkpoint`: the child (signalled too) saves and exits, then the job is
-    requeued with this same task."""
+    requeued with this same task. `threads`: CPU threads for each GPU process."""
 
     def __init__(self, command: list[str], cwd: str, stop_wait_s: float, threads: int):
         self.command, self.cwd, self.stop_wait_s, self.threads = command, cwd, stop_wait_s, threads
@@ -91,7 +91,6 @@ class EngineTask:
             while self.child.poll() is None:
                 time.sleep(0.2)
         return submitit.helpers.DelayedSubmission(EngineTask(self.command, self.cwd, self.stop_wait_s, self.threads))
-
 
     def _signal(self, signum: int) -> None:
         try:

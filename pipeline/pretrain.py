@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from timm.data import Mixup, create_transform
+from timm.data import Mixup, auto_augment, create_transform
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
@@ -48,6 +48,19 @@ from pipeline.preempt import REQUEUE_EXIT, Requeue, StopSignal
 from pipeline.cli import parse_settings
 from pipeline.data.imagenet import read_classes
 from pipeline.logs import setup_logging
+
+
+def _posterize(img, bits_to_keep, **kw):
+    """timm's RandAugment asks to keep 0 bits at the top of its magnitude range (`inc1` with magnitude noise
+    reaches it); Pillow 13 rejects 0 where the Pillow of the papers' runs returned a black image (every bit
+    masked). That result for 0, timm's op otherwise."""
+    if bits_to_keep <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    return auto_augment.posterize(img, bits_to_keep, **kw)
+
+
+for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+    auto_augment.NAME_TO_OP[_name] = _posterize
 
 
 @dataclass

@@ -111,3 +111,17 @@ def test_ddp_over_two_processes_matches_one_process(embedded_data, tmp_path):
     assert changed == 2
     assert "step 2" in (tmp_path / "two" / "log").read_text()
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)
+
+
+def test_randaugment_posterize_at_full_magnitude_keeps_no_bits():
+    """The recipes' RandAugment (`inc1`, magnitude noise) reaches magnitude 10, where posterize keeps 0 bits: a
+    black image (each value masked with ~(2**8 - 1)), not an error that ends the training."""
+    from PIL import Image
+    from timm.data.auto_augment import AugmentOp
+
+    import pipeline.pretrain  # noqa: F401  (its posterize op)
+
+    image = Image.new("RGB", (8, 8), (200, 100, 50))
+    assert AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)(image).getextrema() == ((0, 0),) * 3
+    assert AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=0)(image).getextrema() == ((192, 192), (96, 96),
+                                                                                         (48, 48))

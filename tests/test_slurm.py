@@ -97,7 +97,7 @@ def test_smoke_pretraining_through_the_slurm_profile_requests_a_gpu(slurm, embed
 def test_preempted_job_requeues_and_resumes_to_identical_weights(slurm, embedded_data, tmp_path):
     data = embedded_data / "imagenet-embedded"
     straight, preempted = tmp_path / "straight", tmp_path / "preempted"
-    run(_engine(data, straight, 60))
+    run(_engine(data, straight, 60), env={"OMP_NUM_THREADS": "1"})  # the job's threads (cpus_per_gpu)
     proc = _launch(preempted, _engine(data, preempted, 60), slurm)
     _wait_for(preempted / "log", "starting pvt_tiny")  # the engine's stop handler is in place by then
     job_id = _job_id(preempted)
@@ -177,7 +177,9 @@ def test_crashed_job_is_reported_with_its_log_within_seconds(slurm, embedded_dat
 
 def test_restarted_snakemake_attaches_to_the_running_job(slurm, embedded_data, tmp_path):
     project = copy_project(tmp_path / "project")
-    (project / "cluster-test.yaml").write_text(json.dumps({"cluster": SETTINGS}))
+    # 300 steps (about 90 s with start-up): the job still runs when the second Snakemake starts, however loaded.
+    (project / "cluster-test.yaml").write_text(json.dumps({"cluster": SETTINGS, "smoke": {"pretrain": {
+        "steps": 300, "checkpoint_every": 100}}}))
     target = "results/pretrain/imagenet-embedded/pvt_tiny/pvt/seed0/model.pth"
     cmd = [BIN / "snakemake", "--profile", "profiles/slurm", "--configfiles", "config/config.yaml",
            "cluster-test.yaml", "--config", f"data_root={embedded_data}", "--", target]
