@@ -375,12 +375,13 @@ def finetune(cfg: FinetuneConfig) -> None:
     train_set, _ = register(cfg.task, cfg.data)
     dicts = get_detection_dataset_dicts([train_set])
     iters, milestones = schedule_length(cfg, len(dicts))
-    model = build_model(cfg).to(device())
+    dev = device()
+    model = build_model(cfg).to(dev)
     model.train()
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, iters, milestones)
     net = model if world == 1 else DistributedDataParallel(
-        model, device_ids=[torch.cuda.current_device()] if torch.cuda.is_available() else None,
+        model, device_ids=[dev.index] if dev.type == "cuda" else None,
         forward_sync_buffers=False)  # detectron2's DDP set-up: no buffer sync in each forward
     trainer = ClippedTrainer(net, build_train_loader(cfg, train_set, dicts), optimizer, cfg.clip_grad)
     checkpointer = AtomicCheckpointer(model, cfg.work_dir, trainer=trainer)
@@ -400,7 +401,7 @@ def finetune(cfg: FinetuneConfig) -> None:
     else:
         log.info("starting %s %s from %s: %d iterations (lr steps at %s), batch %d over %d process(es) on %s, "
                  "%d training images", cfg.task, cfg.backbone, cfg.pretrained, iters, milestones or "none",
-                 cfg.batch_size, world, device().type, len(dicts))
+                 cfg.batch_size, world, dev.type, len(dicts))
     t0 = time.perf_counter()
     if start_iter < iters:
         trainer.train(start_iter, iters)

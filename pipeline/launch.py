@@ -111,7 +111,8 @@ def _state(job) -> str:
     state = (job.get_info(mode="force").get("State") or "UNKNOWN").split()[0]
     if state == "UNKNOWN":
         queued = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True)
-        state = queued.stdout.strip() or state if queued.returncode == 0 else state
+        if queued.returncode == 0 and queued.stdout.strip():
+            state = queued.stdout.strip()
     return state
 
 
