@@ -11,7 +11,7 @@ $(VENV_STAMP): $(SETUP_INPUTS)
 	touch $@
 
 demo: setup
-	.venv/bin/snakemake --profile profiles/local demo
+	.venv/bin/snakemake --profile profiles/local demo --config scale=smoke smoke_profile=demo
 
 # Two pytest workers: most tests spend their time starting Python processes, which use one core each.
 # loadfile keeps each test file on one worker: the SLURM tests share one cluster.

@@ -1,6 +1,7 @@
 # backbone-repro: the only DAG. Data -> ImageNet pretraining -> detectron2 fine-tuning -> evaluation -> tables
 # and reports.
-#   snakemake --profile profiles/local demo                       the whole pipeline at smoke scale on embedded data
+#   snakemake --profile profiles/local demo --config scale=smoke smoke_profile=demo
+#                                                                 the whole pipeline at smoke scale on embedded data
 #   snakemake --profile profiles/local pvt_table4                 one paper table (config/papers/*.yaml `target`)
 #   snakemake --profile profiles/local table4 --config paper=pvt  the same, by the paper's table number
 #   snakemake ... --config scale=smoke                             every job shrunk onto the embedded data
@@ -24,6 +25,4 @@ include: "pipeline/rules/tables.smk"
 
 rule demo:
     input:
-        *DEMO_ARTIFACTS["checkpoints"],
-        *DEMO_ARTIFACTS["metrics"],
-        *DEMO_ARTIFACTS["reports"],
+        demo_inputs,

@@ -3,7 +3,7 @@
 The pinned sdist (envs/sdists.txt) is fetched with pip, checked against its sha256, and its
 `detectron2/` package is repacked as a py3-none-any wheel. Its setup.py cannot be used: it always
 declares the compiled `detectron2._C` extension, whose C++ sources the sdist does not carry.
-`pipeline.compat` stands in for `_C` at import time.
+`models.compat` stands in for `_C` at import time.
 
     python envs/install_detectron2.py
 """

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import inspect
+import logging
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -13,28 +16,44 @@ from torch import nn
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _FILTERS: dict[str, Callable[[dict, nn.Module], dict]] = {}
+_FEATURES: dict[str, Callable[[], list[dict]]] = {}
+_ALIASES: dict[str, str] = {}
 
 
 class CheckpointError(Exception):
     """An official or project checkpoint that does not fit the model; the message lists the keys."""
 
 
-def register_model(checkpoint_filter: Callable[[dict, nn.Module], dict] | None = None):
-    """Register a builder under its function name, here and in timm (so `timm.create_model` works)."""
+def register_family(module: str, variants: dict, checkpoint_filter: Callable[[dict, nn.Module], dict],
+                    feature_info: Callable[[object], list[dict]], network: type[nn.Module] | None = None,
+                    aliases: dict[str, str] | None = None) -> None:
+    """Register a family's variants, here and in timm (so `timm.create_model` works), from its variant data:
+    `variants` maps each name to its variant (built by `network`) or to (network class, variant).
+    `feature_info(variant)` gives the dense-mode outputs without building the network. An alias builds the
+    variant it names."""
+    aliases = aliases or {}
+    for name, entry in {**variants, **{alias: variants[target] for alias, target in aliases.items()}}.items():
+        cls, variant = entry if isinstance(entry, tuple) else (network, entry)
+        _register(module, name, cls, variant, checkpoint_filter, feature_info)
+    _ALIASES.update(aliases)
 
-    def wrap(fn):
-        name = fn.__name__
-        if name in _BUILDERS:
-            raise ValueError(f"model {name!r} registered twice")
-        if name in timm.list_models():
-            raise ValueError(f"model {name!r} would shadow timm's model of the same name")
-        _BUILDERS[name] = fn
-        if checkpoint_filter is not None:
-            _FILTERS[name] = checkpoint_filter
-        timm.models.register_model(fn)
-        return fn
 
-    return wrap
+def _register(module: str, name: str, cls, variant, checkpoint_filter, feature_info) -> None:
+    if name in _BUILDERS:
+        raise ValueError(f"model {name!r} registered twice")
+    if name in timm.list_models():
+        raise ValueError(f"model {name!r} would shadow timm's model of the same name")
+
+    def builder(pretrained=None, **kwargs):
+        return build(cls, variant, name, pretrained, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__module__ = module
+    builder.__doc__ = f"{name}: {cls.__name__} {variant!r}"
+    _BUILDERS[name] = builder
+    _FILTERS[name] = checkpoint_filter
+    _FEATURES[name] = lambda: feature_info(variant)
+    timm.models.register_model(builder)
 
 
 def family(name: str) -> str:
@@ -42,19 +61,48 @@ def family(name: str) -> str:
     return _BUILDERS[name].__module__.rsplit(".", 1)[-1]
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", aliases: bool = True) -> list[str]:
+    return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern) and (aliases or n not in _ALIASES))
+
+
+def aliases() -> dict[str, str]:
+    """alias -> the registered name it builds (`botnet_t3` -> `botnet_s1_59`)."""
+    return dict(_ALIASES)
+
+
+def feature_info(name: str) -> list[dict]:
+    """A model's dense-mode outputs (name res2..res5, channels, stride, module), from its variant data."""
+    if name not in _FEATURES:
+        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    return _FEATURES[name]()
+
+
+# Plain metadata that released training checkpoints carry beside their tensors, allowed by name: DeiT-style
+# scripts save the run's arguments as an argparse.Namespace. Nothing else beyond tensors and containers (and the
+# numpy arrays models/compat.py allows) is unpickled.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+def load_file(path: str | Path):
+    """What a checkpoint file holds, loaded weights-only through the allow-list above; a file that needs any
+    other object (a pickle of code), is empty, truncated or not a checkpoint at all is one CheckpointError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.suffix == ".pkl":
+        raise CheckpointError(f"{path}: a pickle file; only weights-only torch checkpoints (.pth/.pt) are read, "
+                              "since unpickling can run code")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 — torch raises several types; one clear line for the user
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({first})") from None
 
 
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint's state dict without unpickling arbitrary objects (weights_only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — torch raises several types; one clear line for the user
-        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({str(e).splitlines()[0]})") from None
+    ckpt = load_file(path)
     for key in ("model", "state_dict", "model_state"):
         if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
             ckpt = ckpt[key]
@@ -72,8 +120,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
         state = filt(raw, model) if filt is not None else raw
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: {e.args[0] if e.args else e}") from None
-    # Unexpected keys are reported as the file names them (where a key maps one-to-one).
-    origin = {}
+    # Unexpected keys are reported as the file names them (where a key maps one-to-one); keys the filter leaves
+    # out (a dense model's classifier head, cls token, ...) are named in one log line.
+    origin, dropped = {}, []
     if filt is not None:
         for key, value in raw.items():
             try:
@@ -82,6 +131,11 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
                 continue
             if len(mapped) == 1:
                 origin[next(iter(mapped))] = key
+            elif not mapped:
+                dropped.append(key)
+    if dropped:
+        logging.getLogger("models").info("%s: %s leaves out %d checkpoint keys: %s", path, name, len(dropped),
+                                         _summary(dropped))
     expected = model.state_dict()
     # Layers a mode adds on top of the checkpoint's network (e.g. a dense model's output norms) may be absent:
     # they keep their init, as fine-tuning from ImageNet weights does.
@@ -92,12 +146,50 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(origin.get(k, k) for k in set(state) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{path}: does not match {name}: missing keys {missing}; unexpected keys {unexpected}")
+        logging.getLogger("models").debug("%s: does not match %s: missing keys %s; unexpected keys %s", path, name,
+                                          missing, unexpected)
+        looks = looks_like(raw)
+        hint = f"; it looks like a {looks} checkpoint" if looks and looks != family(name) else ""
+        raise CheckpointError(f"{path}: does not match {name}: missing keys {_first(missing)}; unexpected keys "
+                              f"{_first(unexpected)}{hint}")
     bad = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
            if state[k].shape != v.shape]
     if bad:
         raise CheckpointError(f"{path}: shape mismatch for {name}: {'; '.join(bad)}")
     model.load_state_dict(state)
+
+
+# Keys (as the loader sees them, one leading `backbone.` stripped) that mark a family's checkpoints, official
+# layouts and this project's; the first family with a marking key is the one a file looks like (BoTNet before the
+# plain ResNets, whose keys BoTNet checkpoints share).
+SIGNATURES = {family: re.compile(pattern) for family, pattern in {
+    "pvt": r"patch_embed1\.|pos_embed1|stages\.0\.pos_embed",
+    "hornet": r"downsample_layers\.",
+    "lvt": r"(backbone\.)?0\.0\.|stages\.0\.blocks\.0\.attn\.attn\.",
+    "patchconvnet": r"blocks_token_only\.|patch_embed\.proj\.",
+    "botnet": r".*\.attn\.(qkv|pos_embed)\.|.*\.rel_pos_emb_h",
+    "baselines": r"layer1\.0\.conv1\.",
+}.items()}
+
+
+def looks_like(keys) -> str | None:
+    """The family whose checkpoint layout a set of keys has, if any."""
+    return next((family for family, mark in SIGNATURES.items() if any(mark.match(k) for k in keys)), None)
+
+
+def _first(keys: list[str], n: int = 5) -> str:
+    """A key list as one short piece of a line: all of a short one, else the first `n` and the count."""
+    if len(keys) <= n:
+        return repr(keys)
+    return f"[{', '.join(repr(k) for k in keys[:n])}, ... {len(keys)} in all]"
+
+
+def _summary(keys: list[str]) -> str:
+    """`head.* (2), cls_token`: keys grouped by their first component."""
+    groups: dict[str, int] = {}
+    for key in keys:
+        groups[key.split(".")[0]] = groups.get(key.split(".")[0], 0) + 1
+    return ", ".join(f"{g}.* ({n})" if n > 1 or g not in keys else g for g, n in groups.items())
 
 
 def build(cls: type[nn.Module], variant, name: str, pretrained=None, **kwargs) -> nn.Module:

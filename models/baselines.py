@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 from timm.models.resnet import Bottleneck, BasicBlock, ResNet
-from torch import nn
 
-from models._registry import build, register_model
+from models._registry import register_family
 
 # torchvision's stage depths and grouped widths (He et al. 2016, Xie et al. 2017).
 VARIANTS = {
@@ -23,6 +22,13 @@ VARIANTS = {
 }
 
 
+def feature_info(variant: dict) -> list[dict]:
+    """layer1..layer4 (res2..res5) at strides 4/8/16/32; bottlenecks widen their output 4x."""
+    width = 1 if variant["block"] is BasicBlock else 4
+    return [dict(num_chs=64 * width * 2 ** i, reduction=4 * 2 ** i, module=f"layer{i + 1}", name=f"res{i + 2}")
+            for i in range(4)]
+
+
 class TorchvisionResNet(ResNet):
     """timm's ResNet in torchvision's layout; `features_only` drops the classifier and returns res2..res5."""
 
@@ -30,9 +36,7 @@ class TorchvisionResNet(ResNet):
                  drop_path_rate: float = 0.0, img_size: int | None = None):
         super().__init__(**variant, num_classes=num_classes, drop_path_rate=drop_path_rate)
         self.features_only = features_only
-        width = 1 if variant["block"] is BasicBlock else 4
-        self.feature_info = [dict(num_chs=64 * width * 2 ** i, reduction=4 * 2 ** i, module=f"layer{i + 1}",
-                                  name=f"res{i + 2}") for i in range(4)]
+        self.feature_info = feature_info(variant)
         if features_only:
             del self.fc, self.global_pool
 
@@ -54,30 +58,4 @@ def checkpoint_filter_fn(state_dict: dict, model: TorchvisionResNet) -> dict:
     return dict(state_dict)
 
 
-def _build(name: str, pretrained=None, **kwargs) -> nn.Module:
-    return build(TorchvisionResNet, VARIANTS[name], name, pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def resnet18_torchvision(pretrained=None, **kwargs):
-    return _build("resnet18_torchvision", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def resnet50_torchvision(pretrained=None, **kwargs):
-    return _build("resnet50_torchvision", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def resnet101_torchvision(pretrained=None, **kwargs):
-    return _build("resnet101_torchvision", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def resnext101_32x4d_torchvision(pretrained=None, **kwargs):
-    return _build("resnext101_32x4d_torchvision", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def resnext101_64x4d_torchvision(pretrained=None, **kwargs):
-    return _build("resnext101_64x4d_torchvision", pretrained, **kwargs)
+register_family(__name__, VARIANTS, checkpoint_filter_fn, feature_info, network=TorchvisionResNet)

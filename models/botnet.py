@@ -12,7 +12,6 @@ TensorFlow gist is reflected by a faithful port (NZ99/bottleneck-transformer-fla
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from models._registry import build, register_model
+from models._registry import register_family
 
 
 def _pair(size) -> tuple[int, int]:
@@ -214,6 +213,13 @@ class ResNetVariant:
     extra_blocks: dict[int, str] = field(default_factory=dict)
 
 
+def feature_info(variant: ResNetVariant) -> list[dict]:
+    """c2..c5 (res2..res5): 256 x 2^i channels at strides 4/8/16/32 (16 for a stride-1 c5)."""
+    strides = (4, 8, 16, 16 if variant.stride_one_c5 else 32)
+    return [dict(num_chs=256 * 2 ** i, reduction=strides[i], module=f"layer{i + 1}", name=f"res{i + 2}")
+            for i in range(4)]
+
+
 def _inplace(act: type[nn.Module]):
     return lambda: act(inplace=True)
 
@@ -240,7 +246,7 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         dpr = torch.linspace(0, drop_path_rate, sum(variant.depths)).tolist()
         in_chs, stride_total, k = 64, 4, 0
-        self.feature_info = []
+        self.feature_info = feature_info(variant)
         for i, depth in enumerate(variant.depths):
             stage_id = i + 2
             width = 64 * 2 ** i
@@ -260,8 +266,6 @@ class ResNet(nn.Module):
                     feat = tuple(s // stride_total for s in self.img_size)
                 in_chs, k = width * 4, k + 1
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            self.feature_info.append(dict(num_chs=in_chs, reduction=stride_total, module=f"layer{i + 1}",
-                                          name=f"res{stage_id}"))
         self.num_features = in_chs
         if not features_only:
             self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
@@ -332,12 +336,12 @@ VARIANTS = {
     "botnet_s1_77": ResNetVariant((3, 4, 6, 12), **_S1, img_size=320),
     "botnet_s1_110": ResNetVariant((3, 4, 23, 6), **_S1),
     "botnet_s1_128": ResNetVariant((3, 4, 23, 12), **_S1, img_size=256),
-    "botnet_t3": ResNetVariant((3, 4, 6, 6), **_S1),
-    "botnet_t4": ResNetVariant((3, 4, 23, 6), **_S1),
-    "botnet_t5": ResNetVariant((3, 4, 23, 12), **_S1, img_size=256),
-    "botnet_t6": ResNetVariant((3, 4, 6, 12), **_S1, img_size=320),
+    # T7 is S1-128 at 384 (T5 is it at 256).
     "botnet_t7": ResNetVariant((3, 4, 23, 12), **_S1, img_size=384),
 }
+# The T-series names of the S1 models at their resolutions (T7 above has no S1 name of its own).
+ALIASES = {"botnet_t3": "botnet_s1_59", "botnet_t4": "botnet_s1_110", "botnet_t5": "botnet_s1_128",
+           "botnet_t6": "botnet_s1_77"}
 
 
 def checkpoint_filter_fn(state_dict: dict, model: ResNet) -> dict:
@@ -366,95 +370,4 @@ def checkpoint_filter_fn(state_dict: dict, model: ResNet) -> dict:
     return out
 
 
-def _build(name: str, pretrained=None, **kwargs) -> ResNet:
-    return build(ResNet, VARIANTS[name], name, pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def resnet50_baseline(pretrained=None, **kwargs):
-    return _build("resnet50_baseline", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def resnet101_baseline(pretrained=None, **kwargs):
-    return _build("resnet101_baseline", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def resnet152_baseline(pretrained=None, **kwargs):
-    return _build("resnet152_baseline", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def resnet200_baseline(pretrained=None, **kwargs):
-    return _build("resnet200_baseline", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet50(pretrained=None, **kwargs):
-    return _build("botnet50", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet101(pretrained=None, **kwargs):
-    return _build("botnet101", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet152(pretrained=None, **kwargs):
-    return _build("botnet152", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet200(pretrained=None, **kwargs):
-    return _build("botnet200", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet_s1_50(pretrained=None, **kwargs):
-    return _build("botnet_s1_50", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet_s1_59(pretrained=None, **kwargs):
-    return _build("botnet_s1_59", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet_s1_77(pretrained=None, **kwargs):
-    return _build("botnet_s1_77", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet_s1_110(pretrained=None, **kwargs):
-    return _build("botnet_s1_110", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet_s1_128(pretrained=None, **kwargs):
-    return _build("botnet_s1_128", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet_t3(pretrained=None, **kwargs):
-    return _build("botnet_t3", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet_t4(pretrained=None, **kwargs):
-    return _build("botnet_t4", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet_t5(pretrained=None, **kwargs):
-    return _build("botnet_t5", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet_t6(pretrained=None, **kwargs):
-    return _build("botnet_t6", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def botnet_t7(pretrained=None, **kwargs):
-    return _build("botnet_t7", pretrained, **kwargs)
+register_family(__name__, VARIANTS, checkpoint_filter_fn, feature_info, network=ResNet, aliases=ALIASES)

@@ -1,12 +1,13 @@
 """One detectron2 adapter for every registered backbone, and the detector configs that use it.
 
-`RegistryBackbone` wraps `models.create(name, features_only=True)`; its named outputs, strides and
-channels come from the model's `feature_info`, so no family needs its own adapter.
+`RegistryBackbone` wraps `models.create(name, features_only=True)`; its named outputs (res2..res5 for every
+family), strides and channels come from the variant's `feature_info`, which the builders below read without
+building the network, so no family needs its own adapter and each detector builds its backbone once.
 """
 
 from __future__ import annotations
 
-import pipeline.compat  # noqa: F401  (before detectron2)
+import models.compat  # noqa: F401  (before detectron2)
 
 from detectron2.config import LazyCall as L
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
@@ -87,10 +88,6 @@ class RegistryBackbone(Backbone):
                 for k in self._out_features}
 
 
-def feature_info(name: str) -> list[dict]:
-    return models.create(name, features_only=True).feature_info
-
-
 NECKS = ("fpn", "horfpn_7x7", "horfpn_gf")
 
 
@@ -151,7 +148,7 @@ def mask_rcnn(backbone: str, num_classes: int = 80, pretrained: str | None = Non
     """detectron2's Mask R-CNN + FPN (P2-P6, 256 channels) with a registry backbone as bottom-up; `neck`
     "horfpn_7x7"/"horfpn_gf" swaps the FPN for HorFPN, `heads` picks the head widths (HEAD_WIDTHS)."""
     model = _with_backbone(get_config("common/models/mask_rcnn_fpn.py").model, backbone,
-                           [f["name"] for f in feature_info(backbone)], neck,
+                           [f["name"] for f in models.feature_info(backbone)], neck,
                            pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
     model.roi_heads.num_classes = num_classes
     _set_head_widths(model, heads)
@@ -164,7 +161,7 @@ def cascade_mask_rcnn(backbone: str, num_classes: int = 80, pretrained: str | No
     of 4-conv + 1-FC box heads with `head_norm`, GIoU box loss with weight 10. Departure: detectron2's cascade
     supports class-agnostic regression only (the mmdet recipe regresses per class)."""
     model = _with_backbone(get_config("common/models/cascade_rcnn.py").model, backbone,
-                           [f["name"] for f in feature_info(backbone)], neck,
+                           [f["name"] for f in models.feature_info(backbone)], neck,
                            pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
     model.roi_heads.num_classes = num_classes
     model.roi_heads.box_heads = [
@@ -185,7 +182,7 @@ def panoptic_fpn(backbone: str, num_classes: int = 80, num_stuff_classes: int = 
     """detectron2's Panoptic FPN (Mask R-CNN + the semantic FPN branch over COCO's 53 stuff classes + "things",
     loss weight 0.5), with a registry backbone; LVT's COCO panoptic framework (`heads="light"`)."""
     model = _with_backbone(get_config("common/models/panoptic_fpn.py").model, backbone,
-                           [f["name"] for f in feature_info(backbone)], "fpn",
+                           [f["name"] for f in models.feature_info(backbone)], "fpn",
                            pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
     model.roi_heads.num_classes = num_classes
     model.sem_seg_head.num_classes = num_stuff_classes
@@ -204,7 +201,7 @@ def semantic_segmentor(backbone: str, head: str, num_classes: int = 150, pretrai
     the third level unless `aux=False`). Label 255 is ignored."""
     if head not in SEG_HEADS:
         raise ValueError(f"unknown segmentation head {head!r}; valid: {', '.join(SEG_HEADS)}")
-    info = feature_info(backbone)
+    info = models.feature_info(backbone)
     shapes = {f["name"]: ShapeSpec(channels=f["num_chs"], stride=f["reduction"]) for f in info}
     head_kwargs = dict(input_shape=shapes, num_classes=num_classes, norm=head_norm)
     if head == "upernet" and aux:
@@ -221,7 +218,7 @@ def semantic_fpn(backbone: str, num_classes: int = 150, pretrained: str | None =
     """Semantic FPN (Kirillov et al. 2019) as PVT's ADE20K config builds it (pvt.md §D, mmseg `FPN` + `FPNHead`):
     FPN with 256 channels on all four levels, each level upsampled to stride 4 through 128-channel 3×3 convs,
     summed, 1×1 classifier. detectron2's `SemSegFPNHead` is that head. Label 255 is ignored."""
-    info = feature_info(backbone)
+    info = models.feature_info(backbone)
     names = [f["name"] for f in info]
     levels = [f"p{2 + i}" for i in range(len(info))]
     shapes = {lvl: ShapeSpec(channels=256, stride=f["reduction"]) for lvl, f in zip(levels, info)}
@@ -238,7 +235,7 @@ def retinanet(backbone: str, num_classes: int = 80, pretrained: str | None = Non
               norm: str = "BN", **overrides):
     """detectron2's RetinaNet: FPN on the stride 8-32 features plus P6/P7 from the last one (PVT's mmdet
     config: start_level=1, add_extra_convs='on_input')."""
-    info = feature_info(backbone)
+    info = models.feature_info(backbone)
     model = _with_backbone(get_config("common/models/retinanet.py").model, backbone, [f["name"] for f in info[1:]],
                            "fpn", pretrained=pretrained, freeze_at=freeze_at, norm=norm, **overrides)
     model.backbone.top_block = L(LastLevelP6P7)(in_channels=info[-1]["num_chs"], out_channels=256,

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-import pipeline.compat  # noqa: F401  (before detectron2)
+import models.compat  # noqa: F401  (before detectron2)
 
 import torch
 import torch.nn.functional as F

@@ -15,7 +15,7 @@ from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 from torch import nn
 
 from models._init import trunc_normal_init
-from models._registry import build, register_model
+from models._registry import register_family
 
 LN_EPS = 1e-6  # HorNet code: every LayerNorm uses eps 1e-6
 
@@ -138,6 +138,12 @@ class HorNetVariant:
     orders: tuple[int, ...] = (2, 3, 4, 5)
 
 
+def feature_info(variant: HorNetVariant) -> list[dict]:
+    """The four stage maps (res2..res5) at strides 4/8/16/32, widths base x 1/2/4/8."""
+    return [dict(num_chs=variant.base_dim * 2 ** i, reduction=4 * 2 ** i, module=f"stages.{i}", name=f"res{i + 2}")
+            for i in range(len(variant.depths))]
+
+
 class HorNet(nn.Module):
     """4-stage hierarchy: 4×4 stem + LN, LN + 2×2 downsampling, HorBlocks; GAP + LN + linear head.
     GF variants use the global-local filter in stages 3-4 only. Dense mode adds `norm0..norm3` on the outputs."""
@@ -158,15 +164,13 @@ class HorNet(nn.Module):
                                                         nn.Conv2d(dims[i], dims[i + 1], 2, 2)))
         dpr = torch.linspace(0, drop_path_rate, sum(variant.depths)).tolist()
         self.stages = nn.ModuleList()
-        self.feature_info = []
+        self.feature_info = feature_info(variant)
         start = 0
         for i, depth in enumerate(variant.depths):
             grid = size // (4 * 2 ** i)
             gf_size = (grid, grid // 2 + 1) if variant.gf and i >= 2 else None  # rfft2 grid of the stage map
             self.stages.append(nn.Sequential(*(HorBlock(dims[i], variant.orders[i], gf_size, dpr[start + j],
                                                         layer_scale, fused_norm) for j in range(depth))))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}",
-                                          name=f"stage{i + 1}"))
             start += depth
         if features_only:
             for i, d in enumerate(dims):
@@ -233,55 +237,4 @@ def checkpoint_filter_fn(state_dict: dict, model: HorNet) -> dict:
     return out
 
 
-def _build(name: str, pretrained=None, **kwargs) -> HorNet:
-    return build(HorNet, VARIANTS[name], name, pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def hornet_tiny_7x7(pretrained=None, **kwargs):
-    return _build("hornet_tiny_7x7", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def hornet_tiny_gf(pretrained=None, **kwargs):
-    return _build("hornet_tiny_gf", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def hornet_small_7x7(pretrained=None, **kwargs):
-    return _build("hornet_small_7x7", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def hornet_small_gf(pretrained=None, **kwargs):
-    return _build("hornet_small_gf", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def hornet_base_7x7(pretrained=None, **kwargs):
-    return _build("hornet_base_7x7", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def hornet_base_gf(pretrained=None, **kwargs):
-    return _build("hornet_base_gf", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def hornet_base_gf_img384(pretrained=None, **kwargs):
-    return _build("hornet_base_gf_img384", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def hornet_large_7x7(pretrained=None, **kwargs):
-    return _build("hornet_large_7x7", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def hornet_large_gf(pretrained=None, **kwargs):
-    return _build("hornet_large_gf", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def hornet_large_gf_img384(pretrained=None, **kwargs):
-    return _build("hornet_large_gf_img384", pretrained, **kwargs)
+register_family(__name__, VARIANTS, checkpoint_filter_fn, feature_info, network=HorNet)

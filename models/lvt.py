@@ -19,7 +19,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from models._init import trunc_normal_init
-from models._registry import build, register_model
+from models._registry import register_family
 
 
 class CSA(nn.Module):
@@ -179,6 +179,12 @@ class LVTVariant:
     attentions: tuple[str, ...] = ("csa", "rasa", "rasa", "rasa")
 
 
+def feature_info(variant: LVTVariant) -> list[dict]:
+    """The four stage maps (res2..res5) at strides 4/8/16/32."""
+    return [dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}", name=f"res{i + 2}")
+            for i, dim in enumerate(variant.dims)]
+
+
 class LVT(nn.Module):
     """Four stages (strides 4/8/16/32). Classification: mean pool + LN + linear head (the official plain `lvt`).
     Dense mode is the official detection/segmentation backbone: the four stage outputs without extra norms
@@ -191,15 +197,13 @@ class LVT(nn.Module):
         self.num_classes = num_classes
         total = sum(variant.depths)
         self.stages = nn.ModuleList()
-        self.feature_info = []
+        self.feature_info = feature_info(variant)
         start = 0
         for i, (depth, dim) in enumerate(zip(variant.depths, variant.dims)):
             # Official drop-path schedule: rate · global block index / (total blocks - 1).
             blocks = [Block(dim, variant.heads[i], variant.mlp_ratios[i], variant.attentions[i], variant.sr_ratios[i],
                             drop_path_rate * (start + j) / (total - 1), fused_attn) for j in range(depth)]
             self.stages.append(Stage(in_chans if i == 0 else variant.dims[i - 1], dim, i == 0, blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}",
-                                          name=f"stage{i + 1}"))
             start += depth
         self.num_features = variant.dims[-1]
         if not features_only:
@@ -333,16 +337,4 @@ def checkpoint_filter_fn(state_dict: dict, model: LVT) -> dict:
     return out
 
 
-def _build(name: str, pretrained=None, **kwargs) -> LVT:
-    cls, variant = VARIANTS[name]
-    return build(cls, variant, name, pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def lvt(pretrained=None, **kwargs):
-    return _build("lvt", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def lvt_cls(pretrained=None, **kwargs):
-    return _build("lvt_cls", pretrained, **kwargs)
+register_family(__name__, VARIANTS, checkpoint_filter_fn, feature_info)

@@ -12,15 +12,15 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models._efficientnet_blocks import SqueezeExcite
 from torch import nn
 
 from models._init import trunc_normal_init
-from models._registry import build, register_model
+from models._registry import register_family
 from models.botnet import VARIANTS as RESNET_VARIANTS
-from models.botnet import ResNet
+from models.botnet import ResNet, ResNetVariant
+from models.botnet import feature_info as resnet_feature_info
 from models.botnet import checkpoint_filter_fn as resnet_filter
 
 LN_EPS = 1e-6  # official code: LayerNorm(eps=1e-6) everywhere
@@ -143,6 +143,15 @@ class PatchConvNetVariant:
     num_queries: int = 1
 
 
+def feature_info(variant) -> list[dict]:
+    """Dense mode: the trunk after each quarter of its depth, rescaled to strides 4/8/16/32 (res2..res5); the
+    attention-pooling ResNet-50: ResNet's c2..c5."""
+    if isinstance(variant, ResNetVariant):
+        return resnet_feature_info(variant)
+    return [dict(num_chs=variant.dim, reduction=r, module=f"fpn{i + 1}", name=f"res{i + 2}")
+            for i, r in enumerate((4, 8, 16, 32))]
+
+
 class PatchConvNet(AttentionPooled, nn.Module):
     """Columnar convnet on 16×16 patches (stride 16 throughout) + one attention-pooling block + LN + linear head.
 
@@ -168,8 +177,7 @@ class PatchConvNet(AttentionPooled, nn.Module):
             self.fpn3 = nn.Identity()
             self.fpn4 = nn.MaxPool2d(2, 2)
             self.new_layers = ("fpn1.", "fpn2.")  # not in ImageNet checkpoints: kept at their init
-            self.feature_info = [dict(num_chs=dim, reduction=r, module=f"fpn{i + 1}", name=f"p{i + 1}")
-                                 for i, r in enumerate((4, 8, 16, 32))]
+            self.feature_info = feature_info(variant)
         else:
             self._build_pooling(dim, variant.layer_scale, variant.num_queries)
             self._build_head(num_classes)
@@ -293,46 +301,4 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     return out
 
 
-def _build(name: str, pretrained=None, **kwargs) -> nn.Module:
-    cls, variant = VARIANTS[name]
-    return build(cls, variant, name, pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def patchconvnet_s60(pretrained=None, **kwargs):
-    return _build("patchconvnet_s60", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def patchconvnet_s120(pretrained=None, **kwargs):
-    return _build("patchconvnet_s120", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def patchconvnet_b60(pretrained=None, **kwargs):
-    return _build("patchconvnet_b60", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def patchconvnet_b120(pretrained=None, **kwargs):
-    return _build("patchconvnet_b120", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def patchconvnet_l60(pretrained=None, **kwargs):
-    return _build("patchconvnet_l60", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def patchconvnet_l120(pretrained=None, **kwargs):
-    return _build("patchconvnet_l120", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def patchconvnet_s60_multi(pretrained=None, **kwargs):
-    return _build("patchconvnet_s60_multi", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def resnet50_attnpool(pretrained=None, **kwargs):
-    return _build("resnet50_attnpool", pretrained, **kwargs)
+register_family(__name__, VARIANTS, checkpoint_filter_fn, feature_info)

@@ -7,6 +7,7 @@ checkpoint key mapping.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from models._init import trunc_normal_init
-from models._registry import build, register_model
+from models._registry import register_family
 
 # PVT code: block and final norms use eps 1e-6; patch-embedding and SR norms keep the default 1e-5.
 BLOCK_NORM_EPS = 1e-6
@@ -136,6 +137,13 @@ class PVTVariant:
     patch_sizes: tuple[int, ...] = (4, 2, 2, 2)
 
 
+def feature_info(variant: PVTVariant) -> list[dict]:
+    """The four stage maps F1..F4 (res2..res5) at the strides of the patch embeddings (4/8/16/32)."""
+    strides = [math.prod(variant.patch_sizes[:i + 1]) for i in range(len(variant.depths))]
+    return [dict(num_chs=variant.embed_dims[i], reduction=strides[i], module=f"stages.{i}", name=f"res{i + 2}")
+            for i in range(len(variant.depths))]
+
+
 class PyramidVisionTransformer(nn.Module):
     """Classification: cls token joined at stage 4, final LN, linear head on token 0 (§4.1).
     Dense (`features_only=True`): the four stage maps F1..F4 at strides 4/8/16/32, no cls/norm/head."""
@@ -150,7 +158,7 @@ class PyramidVisionTransformer(nn.Module):
         # Stochastic depth grows linearly from 0 to drop_path_rate over all blocks.
         dpr = torch.linspace(0, drop_path_rate, sum(variant.depths)).tolist()
         stages, chans, stride, start = [], in_chans, 1, 0
-        self.feature_info = []
+        self.feature_info = feature_info(variant)
         for i, depth in enumerate(variant.depths):
             stride *= variant.patch_sizes[i]
             last = i == len(variant.depths) - 1
@@ -158,8 +166,6 @@ class PyramidVisionTransformer(nn.Module):
                 chans, variant.embed_dims[i], variant.patch_sizes[i], img_size // stride, depth,
                 variant.num_heads[i], variant.mlp_ratios[i], variant.sr_ratios[i], dpr[start:start + depth],
                 drop_rate, attn_drop_rate, extra_tokens=1 if last else 0, fused_attn=fused_attn))
-            self.feature_info.append(dict(num_chs=variant.embed_dims[i], reduction=stride,
-                                          module=f"stages.{i}", name=f"stage{i + 1}"))
             chans, start = variant.embed_dims[i], start + depth
         self.stages = nn.ModuleList(stages)
         self.num_features = chans
@@ -240,25 +246,4 @@ def checkpoint_filter_fn(state_dict: dict, model: PyramidVisionTransformer) -> d
     return out
 
 
-def _build(name: str, pretrained=None, **kwargs) -> PyramidVisionTransformer:
-    return build(PyramidVisionTransformer, VARIANTS[name], name, pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def pvt_tiny(pretrained=None, **kwargs):
-    return _build("pvt_tiny", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def pvt_small(pretrained=None, **kwargs):
-    return _build("pvt_small", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def pvt_medium(pretrained=None, **kwargs):
-    return _build("pvt_medium", pretrained, **kwargs)
-
-
-@register_model(checkpoint_filter_fn)
-def pvt_large(pretrained=None, **kwargs):
-    return _build("pvt_large", pretrained, **kwargs)
+register_family(__name__, VARIANTS, checkpoint_filter_fn, feature_info, network=PyramidVisionTransformer)

@@ -2,6 +2,7 @@
 
     tables [--paper P] [--json]   list the registry's tables and rows with their numbers
     plan TARGET ... [--config k=v]  GPUs, wall time and GPU-hours of a target's jobs; submits nothing
+    stale [--root results] [--prune]  work dirs moved aside when a run's settings changed; --prune deletes them
     bench models [--models ...]   parameters, MACs and CPU throughput (reports/bench/models.md)
 """
 
@@ -59,6 +60,21 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_stale(args) -> int:
+    import shutil
+
+    from pipeline.io import stale_dirs
+
+    found = stale_dirs(args.root)
+    for path, size in found:
+        print(f"{size / 1e6:10.1f} MB  {path}")
+        if args.prune:
+            shutil.rmtree(path)
+    total = sum(size for _, size in found) / 1e6
+    print(f"{len(found)} stale work dirs, {total:.1f} MB{', deleted' if args.prune and found else ''}")
+    return 0
+
+
 def main(argv=None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... | head` ends quietly
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="backbone-repro pipeline tools")
@@ -74,6 +90,10 @@ def main(argv=None) -> int:
                    help="config overrides, as snakemake's --config (e.g. scale=smoke paper=hornet)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("stale", help="work dirs moved aside when a run's settings changed; --prune deletes them")
+    p.add_argument("--root", type=Path, default=Path("results"))
+    p.add_argument("--prune", action="store_true", help="delete them")
+    p.set_defaults(func=cmd_stale)
     bench.add_parser(sub)
     args = parser.parse_args(argv)
     try:

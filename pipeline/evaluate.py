@@ -9,11 +9,10 @@ The model runs on the GPU when there is one.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-import pipeline.compat  # noqa: F401  (before detectron2)
+import models.compat  # noqa: F401  (before detectron2)
 
 import torch
 from torch import nn
@@ -22,11 +21,14 @@ from detectron2.data import DatasetMapper, build_detection_test_loader, get_dete
 from detectron2.data import transforms as T
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator, inference_on_dataset
 
-from models import read_checkpoint
-from pipeline.finetune import FinetuneConfig, build_model, device, kind, register
+from models import CheckpointError, load_file
+from pipeline import engine, registry
+from pipeline.detection import build_model, device, register
 from pipeline.io import atomic_write_json
 from pipeline.logs import setup_logging
 from pipeline.panoptic_quality import PanopticQualityEvaluator
+from pipeline.settings import EvaluateSettings, FinetuneSettings
+from pipeline.tasks import task
 
 # detectron2 COCOEvaluator keys -> registry metric names.
 _SUFFIX = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "APs": "APS", "APm": "APM", "APl": "APL"}
@@ -34,10 +36,10 @@ _SUFFIX = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "APs": "APS", "APm": "APM
 
 def registry_metrics(results: dict) -> dict:
     out = {}
-    for task, prefix in (("bbox", "box"), ("segm", "mask")):
+    for kind, prefix in (("bbox", "box"), ("segm", "mask")):
         for key, name in _SUFFIX.items():
-            if key in results.get(task, {}):
-                out[f"{prefix}_{name}"] = results[task][key]
+            if key in results.get(kind, {}):
+                out[f"{prefix}_{name}"] = results[kind][key]
     for key in ("mIoU", "mAcc", "pACC"):
         if key in results.get("sem_seg", {}):
             out["pAcc" if key == "pACC" else key] = results["sem_seg"][key]
@@ -45,16 +47,17 @@ def registry_metrics(results: dict) -> dict:
     return out
 
 
-def evaluators(task: str, dataset: str, work_dir: str):
+def evaluators(framework: str, dataset: str, work_dir: str):
     Path(work_dir).mkdir(parents=True, exist_ok=True)
+    t = task(framework)
     # use_fast_impl=False: pycocotools' COCOeval (the C++ variant is not built, see README).
     coco = lambda tasks: COCOEvaluator(dataset, tasks=tasks, distributed=False, output_dir=work_dir,  # noqa: E731
                                        use_fast_impl=False)
-    if kind(task) == "semantic":
+    if t.kind == "semantic":
         return SemSegEvaluator(dataset, distributed=False, output_dir=work_dir)
-    if kind(task) == "panoptic":
+    if t.kind == "panoptic":
         return DatasetEvaluators([PanopticQualityEvaluator(dataset), coco(("bbox", "segm"))])
-    return coco(("bbox",) if task == "retinanet" else ("bbox", "segm"))
+    return coco(("bbox", "segm") if t.masks else ("bbox",))
 
 
 class SegmentationInference(nn.Module):
@@ -106,59 +109,67 @@ class SegmentationInference(nn.Module):
         return results
 
 
-def evaluate(checkpoint: str, data: str, metrics_out: str, work_dir: str, score_thresh: float = 0.05,
-             min_size: int | None = None, max_size: int | None = None, log_file: str | None = None,
-             slide_crop: int = 0, slide_stride: int = 0, aug_ratios: tuple[float, ...] = (),
-             flip: bool = False) -> dict:
-    log = setup_logging(log_file, "evaluate")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    fields = FinetuneConfig.__dataclass_fields__
-    cfg = FinetuneConfig(**{k: v for k, v in state["config"].items() if k in fields})
-    cfg.pretrained = None
-    model = build_model(cfg)
-    model.load_state_dict(read_checkpoint(checkpoint))
+def load_model(checkpoint: str, score_thresh: float) -> tuple[nn.Module, FinetuneSettings, dict]:
+    """The fine-tuned model as its checkpoint's settings built it, in eval mode, keeping detections from
+    `score_thresh` up."""
+    state = load_file(checkpoint)
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{checkpoint}: not a fine-tuned model of this pipeline (no `config`); evaluate the "
+                              "model_final.pth a finetune job writes")
+    fields = FinetuneSettings.__dataclass_fields__
+    cfg = FinetuneSettings(**{k: v for k, v in state["config"].items() if k in fields})
+    model = build_model(cfg, None, state.get("pretrain_img_size", 224))
+    model.load_state_dict(state["model"])
     model.to(device())
-    if cfg.task == "retinanet":
+    if cfg.framework == "retinanet":
         model.test_score_thresh = score_thresh
-    elif kind(cfg.task) != "semantic":
+    elif task(cfg.framework).kind != "semantic":
         # Cascade R-CNN keeps one predictor per stage (a ModuleList) and scores with the last.
         predictors = model.roi_heads.box_predictor
         for predictor in predictors if isinstance(predictors, nn.ModuleList) else [predictors]:
             predictor.test_score_thresh = score_thresh
-    model.eval()
-    _, dataset = register(cfg.task, data)
-    min_size = min_size or int(cfg.short_side.split(",")[-1])
-    max_size = max_size or cfg.max_size
-    semantic = kind(cfg.task) == "semantic"
-    if slide_crop and slide_stride <= 0:
-        raise SystemExit(f"evaluate: --slide-crop {slide_crop} needs a positive --slide-stride")
+    return model.eval(), cfg, state
+
+
+def _infer(model, semantic: bool, size: tuple[int, int], loader, framework: str, dataset: str, work_dir: str,
+           ratios=(1.0,), flip: bool = False, slide=None) -> dict:
+    crop, stride = slide or (0, 0)
+    tested = SegmentationInference(model, size, tuple(ratios), flip, crop, stride) if semantic else model
+    with torch.inference_mode():
+        return inference_on_dataset(tested, loader, evaluators(framework, dataset, work_dir))
+
+
+def evaluate(cfg: EvaluateSettings, checkpoint: str, data: str, metrics_out: str, work_dir: str,
+             log_file: str | None = None) -> dict:
+    log = setup_logging(log_file, "evaluate")
+    model, trained, state = load_model(checkpoint, cfg.score_thresh)
+    t = task(trained.framework)
+    _, dataset = register(t.name, data)
+    min_size, max_size = cfg.test_size
+    semantic = t.kind == "semantic"
+    if cfg.test_slide and cfg.test_slide[1] <= 0:
+        raise engine.TrainingError(f"test_slide {cfg.test_slide}: the windows need a positive stride")
     # Semantic models resize inside SegmentationInference (per test scale); the others in the loader.
     resize = [] if semantic else [T.ResizeShortestEdge(min_size, max_size)]
-    mapper = DatasetMapper(is_train=False, image_format="RGB", augmentations=resize)
     loader = build_detection_test_loader(dataset=get_detection_dataset_dicts([dataset], filter_empty=False),
-                                         mapper=mapper, num_workers=0)
-    tested = SegmentationInference(model, (min_size, max_size), crop=slide_crop, stride=slide_stride) \
-        if semantic else model
+                                         mapper=DatasetMapper(is_train=False, image_format="RGB", augmentations=resize),
+                                         num_workers=0)
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        results = inference_on_dataset(tested, loader, evaluators(cfg.task, dataset, work_dir))
+    metrics = registry_metrics(_infer(model, semantic, (min_size, max_size), loader, t.name, dataset, work_dir,
+                                      slide=cfg.test_slide))
     seconds = time.perf_counter() - t0
-    metrics = registry_metrics(results)
-    if semantic and aug_ratios:
-        tta = SegmentationInference(model, (min_size, max_size), tuple(aug_ratios), flip, slide_crop, slide_stride)
-        with torch.inference_mode():
-            ms = inference_on_dataset(tta, loader, evaluators(cfg.task, dataset, work_dir))
-        metrics["mIoU_ms_flip" if flip else "mIoU_ms"] = ms["sem_seg"]["mIoU"]
-        metrics["test_aug"] = {"ratios": list(aug_ratios), "flip": flip}
+    if semantic and cfg.test_ratios:
+        ms = _infer(model, semantic, (min_size, max_size), loader, t.name, dataset, work_dir, cfg.test_ratios,
+                    cfg.test_flip, cfg.test_slide)
+        metrics["mIoU_ms_flip" if cfg.test_flip else "mIoU_ms"] = ms["sem_seg"]["mIoU"]
+        metrics["test_aug"] = {"ratios": list(cfg.test_ratios), "flip": cfg.test_flip}
     if semantic:
-        metrics["test_mode"] = f"slide {slide_crop}/{slide_stride}" if slide_crop else "whole"
+        metrics["test_mode"] = "slide {}/{}".format(*cfg.test_slide) if cfg.test_slide else "whole"
     images = len(loader.dataset)
     metrics.update({"images": images, "eval_seconds": round(seconds, 1), "time_ms_per_image":
-                    round(1000 * seconds / images, 1), "backbone": cfg.backbone, "task": cfg.task,
-                    "iters": state.get("iters"), "test_size": [min_size, max_size], "score_thresh": score_thresh,
-                    "evaluator": {"semantic": "detectron2 SemSegEvaluator",
-                                  "panoptic": "PQ (pipeline.panoptic_quality) + pycocotools COCOeval"}.get(
-                        kind(cfg.task), "pycocotools COCOeval")})
+                    round(1000 * seconds / images, 1), "backbone": trained.backbone, "task": t.name,
+                    "iters": state.get("iters"), "test_size": [min_size, max_size], "score_thresh": cfg.score_thresh,
+                    "evaluator": t.evaluator})
     atomic_write_json(metrics_out, metrics)
     shown = {k: round(v, 2) for k, v in metrics.items() if k in ("box_AP", "mask_AP", "mIoU", "mIoU_ms_flip", "PQ")}
     log.info("%s on %s (%d images) -> %s", shown, dataset, images, metrics_out)
@@ -166,26 +177,15 @@ def evaluate(checkpoint: str, data: str, metrics_out: str, work_dir: str, score_
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="evaluate a fine-tuned model: COCO AP, ADE20K mIoU or PQ")
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data", required=True, help="prepared dataset root (COCO or ADE20K)")
-    parser.add_argument("--metrics", required=True)
-    parser.add_argument("--work-dir", required=True)
-    parser.add_argument("--score-thresh", type=float, default=0.05,
-                        help="minimum detection score kept (detectron2's COCO default 0.05)")
-    parser.add_argument("--min-size", type=int, help="test short side (default: the training one)")
-    parser.add_argument("--max-size", type=int, help="test long-side cap (default: the training one)")
-    parser.add_argument("--slide-crop", type=int, default=0,
-                        help="semantic: infer on windows of this size (mmseg's slide mode); 0: the whole image")
-    parser.add_argument("--slide-stride", type=int, default=0, help="semantic: the windows' stride")
-    parser.add_argument("--aug-ratios", type=lambda v: tuple(float(r) for r in v.split(",")), default=(),
-                        help="semantic: also test at these multiples of the test size (comma-separated)")
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
-                        help="semantic: add the mirrored image to the multi-scale test")
-    parser.add_argument("--log-file", help="also write the log to this file")
-    args = parser.parse_args(argv)
-    evaluate(args.checkpoint, args.data, args.metrics, args.work_dir, args.score_thresh, args.min_size,
-             args.max_size, args.log_file, args.slide_crop, args.slide_stride, args.aug_ratios, args.flip)
+    p = engine.parser("evaluate a fine-tuned model: COCO AP, ADE20K mIoU or PQ", ("checkpoint", "metrics"))
+    args = p.parse_args(argv)
+    log = setup_logging(args.log_file, "evaluate")
+    try:
+        cfg, data = engine.load(args, "evaluate", log)
+        evaluate(cfg, str(args.checkpoint), str(data), str(args.metrics), str(args.work_dir), args.log_file)
+    except (engine.TrainingError, registry.ConfigError, CheckpointError) as e:
+        log.error("%s", e)
+        return 1
     return 0
 
 

@@ -1,16 +1,16 @@
 """Fine-tune a detectron2 model whose backbone is a registered model, resumable.
 
-    python -m pipeline.finetune --task semantic_fpn --backbone pvt_tiny --pretrained .../model.pth \
-        --data data/ade20k --work-dir .../state --output .../model_final.pth --iters 80000
+    python -m pipeline.finetune --settings .../settings.yaml --pretrained .../model.pth --work-dir .../state \
+        --output .../model_final.pth
 
-Tasks (frameworks): mask_rcnn, retinanet, cascade_mask_rcnn (COCO instances), panoptic_fpn (COCO panoptic),
-semantic_fpn, upernet, segformer (ADE20K). The length is `--iters`, or `--epochs` over the training set with
-lr steps at `--steps` (epochs); `--poly-power` gives a polynomial decay instead. The work dir holds detectron2's
+Every value comes from the job's settings file (pipeline/settings.py FinetuneSettings: the recipe's keys);
+the frameworks are pipeline/tasks.py's. The length is `iters`, or `epochs` over the training set with lr
+steps at `steps` (epochs); `poly_power` gives a polynomial decay instead. The work dir holds detectron2's
 periodic checkpoints (written atomically); a re-run continues from the last one. The declared output is the
 final model's weights and the settings that built it.
 
 `--gpus G` runs G processes (one per GPU; gloo on a machine without GPUs) through detectron2's launch;
-`--batch-size` is the total over them. Over several nodes each node runs this command once, with NNODES,
+`batch_size` is the total over them. Over several nodes each node runs this command once, with NNODES,
 NODE_RANK, MASTER_ADDR and MASTER_PORT set (pipeline/launch.py does so from the SLURM job). On SLURM's USR2
 (pipeline/preempt.py) the run saves its state after the current iteration and exits with REQUEUE_EXIT; run
 again, it resumes at the next iteration.
@@ -26,11 +26,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pipeline.compat  # noqa: F401  (before detectron2)
+import models.compat  # noqa: F401  (before detectron2)
 
 import numpy as np
 import torch
-from detectron2.config import instantiate
 from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T
 from detectron2.data.samplers import TrainingSampler
@@ -44,106 +43,32 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from models import CheckpointError
-from models import dense
-from pipeline.cli import parse_settings
-from pipeline.compat import distributed_launch
-from pipeline.data.register import register_ade20k, register_coco
-from pipeline.detection import AtomicCheckpointer
-from pipeline.io import atomic_torch_save, claim_work_dir, weights_digest
+from models import CheckpointError, load_file
+from pipeline import engine
+from models.compat import distributed_launch
+from pipeline.detection import AtomicCheckpointer, build_model, device, pretrain_img_size, register
+from pipeline.engine import TrainingError
+from pipeline.io import atomic_torch_save, weights_digest
 from pipeline.logs import setup_logging
 from pipeline.preempt import REQUEUE_EXIT, Requeue, StopSignal
-from pipeline.recipes import INSTANCE_TASKS, SEMANTIC_TASKS, TASKS
-
-# The registered training/validation sets each kind of task reads (pipeline/data/register.py).
-SPLITS = {"instance": ("coco_2017_train", "coco_2017_val"),
-          "panoptic": ("coco_2017_train_panoptic_separated", "coco_2017_val_panoptic_separated"),
-          "semantic": ("ade20k_sem_seg_train", "ade20k_sem_seg_val")}
+from pipeline.settings import FinetuneSettings
+from pipeline.tasks import UnknownTask, task
 
 
-class FinetuneError(Exception):
+class FinetuneError(TrainingError):
     pass
 
 
 @dataclass
-class FinetuneConfig:
-    backbone: str
-    pretrained: str
+class RunFiles:
+    """A fine-tuning run's files and processes (the command line); its values are FinetuneSettings."""
+
+    pretrained: str | None
     data: str
     work_dir: str
     output: str
-    task: str = "mask_rcnn"
-    iters: int = 0  # 0: from `epochs`
-    epochs: int = 0
-    steps: str = ""  # lr x0.1 at these epochs (comma-separated); empty with --poly-power
-    poly_power: float = 0.0
-    batch_size: int = 2
-    optimizer: str = "adamw"
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    head_lr_mult: float = 1.0
-    # lr decay towards the input (see lr_layer); layer_decay_layers 0: one per backbone stage.
-    layer_decay: float = 1.0
-    layer_decay_type: str = "stage_wise"
-    layer_decay_layers: int = 0
-    clip_grad: float = 0.0
-    drop_path_rate: float = 0.0
-    warmup_iters: int = 500
-    warmup_ratio: float = 0.001
-    # Resizing: short sides (comma-separated, `sample` choice|range) capped at max_size; or, with `size`,
-    # scale jitter in [jitter_min, jitter_max] of a size x size canvas and a size x size crop; semantic tasks
-    # crop `crop` x `crop` after resizing.
-    short_side: str = "800"
-    sample: str = "choice"
-    max_size: int = 1333
-    size: int = 0
-    jitter_min: float = 1.0
-    jitter_max: float = 1.0
-    crop: int = 512
-    # The optional DETR-style crop branch: resize to one of these short sides, crop to a size in this range.
-    crop_branch_sides: str = ""
-    crop_branch_size: str = "384,600"
-    checkpoint_every: int = 5000
-    # detectron2's Mask R-CNN FPN defaults (512 RoIs per image, 1000 proposals); CPU smoke runs lower them.
-    roi_batch_size_per_image: int = 512
-    heads: str = "standard"  # head widths, models/dense.py HEAD_WIDTHS
-    rpn_post_nms_topk_train: int = 1000
-    seed: int = 0
-    workers: int = 0
     gpus: int = 1  # processes on this node, one per GPU
     log_file: str | None = None
-    # The resolution the backbone was pretrained at (its position embeddings' grid); read from the
-    # pretrained checkpoint when it records one.
-    pretrain_img_size: int = 224
-
-
-def kind(task: str) -> str:
-    if task not in TASKS:
-        raise FinetuneError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    return "instance" if task in INSTANCE_TASKS else "panoptic" if task == "panoptic_fpn" else "semantic"
-
-
-def model_config(cfg: FinetuneConfig):
-    kw = dict(pretrained=cfg.pretrained, img_size=cfg.pretrain_img_size)
-    if cfg.drop_path_rate:
-        kw["drop_path_rate"] = cfg.drop_path_rate
-    if cfg.task in SEMANTIC_TASKS:
-        if cfg.task == "semantic_fpn":
-            return dense.semantic_fpn(cfg.backbone, **kw)
-        return dense.semantic_segmentor(cfg.backbone, cfg.task, **kw)
-    if cfg.heads != "standard":
-        if cfg.task not in ("mask_rcnn", "panoptic_fpn"):
-            raise FinetuneError(f"--heads {cfg.heads}: head widths apply to mask_rcnn and panoptic_fpn, not {cfg.task}")
-        kw["heads"] = cfg.heads
-    model = getattr(dense, cfg.task)(cfg.backbone, **kw)
-    if cfg.task != "retinanet":
-        model.roi_heads.batch_size_per_image = cfg.roi_batch_size_per_image
-        model.proposal_generator.post_nms_topk = (cfg.rpn_post_nms_topk_train, 1000)
-    return model
-
-
-def build_model(cfg: FinetuneConfig) -> nn.Module:
-    return instantiate(model_config(cfg))
 
 
 class OneOf(T.Augmentation):
@@ -157,29 +82,38 @@ class OneOf(T.Augmentation):
         return self.choices[np.random.randint(len(self.choices))](aug_input)
 
 
-def train_augmentations(cfg: FinetuneConfig) -> list:
+def _resize(cfg: FinetuneSettings) -> T.Augmentation:
+    """The training resize: a short side from `short_side`, or mmseg's random rescale of `scale` by
+    `ratio_range` (the short side from scale[1] x ratio, the long side capped at scale[0] x the largest ratio)."""
+    if cfg.scale:
+        lo, hi = cfg.ratio_range or (1.0, 1.0)
+        sides, sample, max_size = [int(cfg.scale[1] * lo), int(cfg.scale[1] * hi)], "range", int(cfg.scale[0] * hi)
+    else:
+        sides, sample, max_size = list(cfg.short_side), cfg.sample, cfg.max_size
+    return T.ResizeShortestEdge(sides, max_size, sample_style=sample)
+
+
+def train_augmentations(cfg: FinetuneSettings) -> list:
     flip = T.RandomFlip()
     if cfg.size:
-        return [T.ResizeScale(cfg.jitter_min, cfg.jitter_max, cfg.size, cfg.size),
+        return [T.ResizeScale(cfg.jitter[0], cfg.jitter[1], cfg.size, cfg.size),
                 T.FixedSizeCrop((cfg.size, cfg.size)), flip]
-    sides = [int(s) for s in cfg.short_side.split(",")]
-    resize = T.ResizeShortestEdge(sides, cfg.max_size, sample_style=cfg.sample)
-    if kind(cfg.task) == "semantic":
+    resize = _resize(cfg)
+    if task(cfg.framework).kind == "semantic":
         # mmseg's ADE20K pipeline: random rescale, a crop in which no class covers more than 75 %, flip.
         return [resize, T.RandomCrop_CategoryAreaConstraint("absolute", (cfg.crop, cfg.crop), 0.75, 255), flip]
-    if cfg.crop_branch_sides:
-        # DETR-style: half the images are resized to a short side in crop_branch_sides, cropped to a random
-        # size in crop_branch_size (absolute_range), then resized as the others.
-        lo, hi = (int(v) for v in cfg.crop_branch_size.split(","))
-        first = [int(s) for s in cfg.crop_branch_sides.split(",")]
-        branch = [T.ResizeShortestEdge(first, cfg.max_size, sample_style="choice"),
+    if cfg.crop_branch:
+        # DETR-style: half the images are resized to one of the branch's short sides, cropped to a random size in
+        # its crop range (absolute_range), then resized as the others.
+        lo, hi = cfg.crop_branch["crop"]
+        branch = [T.ResizeShortestEdge(list(cfg.crop_branch["short_side"]), cfg.max_size, sample_style="choice"),
                   T.RandomCrop("absolute_range", (lo, hi)), resize]
         return [OneOf([[resize], branch]), flip]
     return [resize, flip]
 
 
-def build_train_loader(cfg: FinetuneConfig, dataset: str, dicts: list):
-    mapper = DatasetMapper(is_train=True, image_format="RGB", use_instance_mask=cfg.task != "retinanet",
+def build_train_loader(cfg: FinetuneSettings, dicts: list):
+    mapper = DatasetMapper(is_train=True, image_format="RGB", use_instance_mask=task(cfg.framework).masks,
                            augmentations=train_augmentations(cfg))
     return build_detection_train_loader(dataset=dicts, mapper=mapper, total_batch_size=cfg.batch_size,
                                         sampler=TrainingSampler(len(dicts), seed=cfg.seed),
@@ -221,15 +155,15 @@ def _backbone_name(name: str) -> str | None:
     return None
 
 
-def param_groups(model: nn.Module, cfg: FinetuneConfig) -> list[dict]:
+def param_groups(model: nn.Module, cfg: FinetuneSettings) -> list[dict]:
     """No weight decay on 1-d parameters (norms, layer scales), biases, position embeddings and class tokens;
     `head_lr_mult` on the decode head; `layer_decay` scales the backbone's lr per `lr_layer`."""
     bottom = getattr(model.backbone, "bottom_up", model.backbone)
     stages = [f["module"] for f in bottom.net.feature_info]
     if cfg.layer_decay_type not in ("stage_wise", "layer_wise"):
-        raise FinetuneError(f"--layer-decay-type {cfg.layer_decay_type!r}: valid types are stage_wise, layer_wise")
+        raise FinetuneError(f"layer_decay_type {cfg.layer_decay_type!r}: valid types are stage_wise, layer_wise")
     if cfg.layer_decay_type == "layer_wise" and len(stages) != 4:
-        raise FinetuneError(f"--layer-decay-type layer_wise needs a 4-stage backbone; this one has {len(stages)}")
+        raise FinetuneError(f"layer_decay_type layer_wise needs a 4-stage backbone; this one has {len(stages)}")
     num_layers = cfg.layer_decay_layers or len(stages)
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
@@ -246,29 +180,20 @@ def param_groups(model: nn.Module, cfg: FinetuneConfig) -> list[dict]:
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
-    raise FinetuneError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, sgd")
-
-
-def schedule_length(cfg: FinetuneConfig, images: int) -> tuple[int, list[int]]:
+def schedule_length(cfg: FinetuneSettings, images: int) -> tuple[int, list[int]]:
     """Iterations and lr-step iterations: `iters` directly, or `epochs` passes over `images`."""
     per_epoch = max(1, math.ceil(images / cfg.batch_size))
-    epochs = [int(s) for s in cfg.steps.split(",") if s]
+    epochs = list(cfg.steps or [])
     iters = cfg.iters or cfg.epochs * per_epoch
     if iters <= 0:
-        raise FinetuneError("no training length: give --iters or --epochs")
+        raise FinetuneError("no training length: the settings give neither iters nor epochs")
     total_epochs = cfg.epochs or max(epochs + [1])
     # With `iters` given (smoke scale), the steps keep their place as a fraction of the schedule.
     milestones = sorted({round(iters * e / total_epochs) for e in epochs} - {0, iters})
     return iters, [m for m in milestones if 0 < m < iters]
 
 
-def build_scheduler(optimizer, cfg: FinetuneConfig, iters: int, milestones: list[int]):
+def build_scheduler(optimizer, cfg: FinetuneSettings, iters: int, milestones: list[int]):
     if cfg.poly_power:
         shape = PolynomialDecayParamScheduler(1.0, cfg.poly_power)
     else:
@@ -287,11 +212,7 @@ class ProgressBar(hooks.HookBase):
                         dynamic_ncols=True)
 
     def after_step(self):
-        losses = self.trainer.storage.latest()
-        total = losses.get("total_loss")
-        if total is not None and not math.isfinite(total[0]):
-            raise FloatingPointError(f"total loss is {total[0]} at iteration {self.trainer.iter}; "
-                                     "lower the lr or check the annotations")
+        total = self.trainer.storage.latest().get("total_loss")
         self.bar.update(1)
         if total is not None:
             self.bar.set_postfix(loss=f"{total[0]:.3f}")
@@ -320,7 +241,9 @@ class StopOnSignal(hooks.HookBase):
 
 
 class ClippedTrainer(SimpleTrainer):
-    """SimpleTrainer with gradient-norm clipping (`clip` > 0) between backward and the optimizer step."""
+    """SimpleTrainer with gradient-norm clipping (`clip` > 0) between backward and the optimizer step, stopping on a
+    non-finite loss in one line (engine.check_finite: the iteration and the lr) before detectron2's own check
+    raises its multi-line FloatingPointError."""
 
     def __init__(self, model, data_loader, optimizer, clip: float):
         super().__init__(model, data_loader, optimizer)
@@ -338,60 +261,59 @@ class ClippedTrainer(SimpleTrainer):
         self._write_metrics(loss_dict, 0.0)
         self.optimizer.step()
 
-
-def register(task: str, root: str) -> tuple[str, str]:
-    (register_ade20k if kind(task) == "semantic" else register_coco)(root)
-    return SPLITS[kind(task)]
-
-
-def device() -> torch.device:
-    """This process's GPU (detectron2's launch sets it), or the CPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    def _write_metrics(self, loss_dict, data_time: float, prefix: str = "") -> None:
+        total = torch.stack([v.detach().float() for v in loss_dict.values()]).sum().item()
+        engine.check_finite(total, f"iteration {self.iter}", self.optimizer.param_groups[0]["lr"])
+        super()._write_metrics(loss_dict, data_time, prefix)
 
 
-def finetune(cfg: FinetuneConfig) -> None:
-    """One process's part of the run (all of it with one process)."""
-    stop = StopSignal()
-    rank, world = comm.get_rank(), comm.get_world_size()
-    log = setup_logging(cfg.log_file if rank == 0 else None, "finetune")
-    if rank:
-        log.setLevel("WARNING")
-    kind(cfg.task)
+def _start(cfg: FinetuneSettings, files: RunFiles, rank: int, world: int, log) -> int:
+    """Checks, threads, seed, and the work dir claimed for exactly this run (settings and input weights); the
+    resolution the backbone was pretrained at."""
     if cfg.batch_size % world:
-        raise FinetuneError(f"--batch-size {cfg.batch_size} is the total over {world} processes; it must divide "
+        raise FinetuneError(f"batch_size {cfg.batch_size} is the total over {world} processes; it must divide "
                             "among them")
     if world > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))  # cores shared on a node
     seed_all_rng(cfg.seed + rank)
-    if cfg.pretrained:
-        meta = torch.load(cfg.pretrained, map_location="cpu", weights_only=True)
-        cfg.pretrain_img_size = meta.get("img_size", cfg.pretrain_img_size) if isinstance(meta, dict) else 224
-    fingerprint = {k: v for k, v in asdict(cfg).items()
-                   if k not in ("work_dir", "output", "log_file", "pretrained", "workers", "gpus", "checkpoint_every")}
-    fingerprint["pretrained_weights_sha256"] = weights_digest(cfg.pretrained) if cfg.pretrained else None
-    if rank == 0:
-        claim_work_dir(cfg.work_dir, fingerprint, log)
-    comm.synchronize()
-    train_set, _ = register(cfg.task, cfg.data)
-    dicts = get_detection_dataset_dicts([train_set])
-    iters, milestones = schedule_length(cfg, len(dicts))
-    dev = device()
-    model = build_model(cfg).to(dev)
-    model.train()
-    optimizer = build_optimizer(model, cfg)
+    # The pretrained file is read here once for its weights' digest and resolution, then by the backbone.
+    pretrained = load_file(files.pretrained) if files.pretrained else None
+    run = engine.fingerprint(cfg, Path(files.data))
+    run["pretrained_weights_sha256"] = weights_digest(pretrained) if pretrained is not None else None
+    engine.claim(Path(files.work_dir), run, log, rank, comm.synchronize)
+    return pretrain_img_size(pretrained)
+
+
+def _trainer(cfg: FinetuneSettings, model: nn.Module, dicts: list, iters: int, milestones: list[int], world: int):
+    optimizer = engine.optimizer(param_groups(model, cfg), cfg.optimizer, cfg.lr, nesterov=False)
     scheduler = build_scheduler(optimizer, cfg, iters, milestones)
+    dev = next(model.parameters()).device
     net = model if world == 1 else DistributedDataParallel(
         model, device_ids=[dev.index] if dev.type == "cuda" else None,
         forward_sync_buffers=False)  # detectron2's DDP set-up: no buffer sync in each forward
-    trainer = ClippedTrainer(net, build_train_loader(cfg, train_set, dicts), optimizer, cfg.clip_grad)
-    checkpointer = AtomicCheckpointer(model, cfg.work_dir, trainer=trainer)
+    return ClippedTrainer(net, build_train_loader(cfg, dicts), optimizer, cfg.clip_grad), scheduler
+
+
+def finetune(cfg: FinetuneSettings, files: RunFiles) -> None:
+    """One process's part of the run (all of it with one process)."""
+    stop = StopSignal()
+    rank, world = comm.get_rank(), comm.get_world_size()
+    log = engine.logger("finetune", files.log_file, rank)
+    img_size = _start(cfg, files, rank, world, log)
+    train_set, _ = register(cfg.framework, files.data)
+    dicts = get_detection_dataset_dicts([train_set])
+    iters, milestones = schedule_length(cfg, len(dicts))
+    model = build_model(cfg, files.pretrained, img_size).to(device())
+    model.train()
+    trainer, scheduler = _trainer(cfg, model, dicts, iters, milestones, world)
+    checkpointer = AtomicCheckpointer(model, files.work_dir, trainer=trainer)
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=scheduler),
         hooks.PeriodicCheckpointer(checkpointer, cfg.checkpoint_every, max_iter=iters, max_to_keep=1),
         StopOnSignal(stop, checkpointer, iters, log),
-        *([hooks.PeriodicWriter([JSONWriter(f"{cfg.work_dir}/metrics.json")], period=1),
-           ProgressBar(iters, f"finetune {cfg.backbone} {cfg.task}")] if rank == 0 else []),
+        *([hooks.PeriodicWriter([JSONWriter(f"{files.work_dir}/metrics.json")], period=1),
+           ProgressBar(iters, f"finetune {cfg.backbone} {cfg.framework}")] if rank == 0 else []),
     ])
     start_iter = 0
     if checkpointer.has_checkpoint():
@@ -400,27 +322,27 @@ def finetune(cfg: FinetuneConfig) -> None:
         log.info("resuming from %s after iteration %d of %d", checkpointer.get_checkpoint_file(), start_iter, iters)
     else:
         log.info("starting %s %s from %s: %d iterations (lr steps at %s), batch %d over %d process(es) on %s, "
-                 "%d training images", cfg.task, cfg.backbone, cfg.pretrained, iters, milestones or "none",
-                 cfg.batch_size, world, dev.type, len(dicts))
+                 "%d training images", cfg.framework, cfg.backbone, files.pretrained, iters, milestones or "none",
+                 cfg.batch_size, world, device().type, len(dicts))
     t0 = time.perf_counter()
     if start_iter < iters:
         trainer.train(start_iter, iters)
     if rank == 0:
-        config = {**asdict(cfg), "world_size": world}
-        atomic_torch_save({"model": model.state_dict(), "backbone": cfg.backbone, "task": cfg.task, "iters": iters,
-                           "config": config}, cfg.output)
-        log.info("done in %.0f s -> %s", time.perf_counter() - t0, cfg.output)
+        atomic_torch_save({"model": model.state_dict(), "backbone": cfg.backbone, "task": cfg.framework,
+                           "iters": iters, "pretrain_img_size": img_size,
+                           "config": {**asdict(cfg), "world_size": world}}, files.output)
+        log.info("done in %.0f s -> %s", time.perf_counter() - t0, files.output)
     comm.synchronize()
 
 
-def run(cfg: FinetuneConfig) -> int:
+def run(cfg: FinetuneSettings, files: RunFiles) -> int:
     """One process: 0 when done, 1 on bad input or settings (one log line), REQUEUE_EXIT when stopped by a
     signal with its state saved. A process that detectron2's launch started exits with that status."""
     code = 0
     try:
-        finetune(cfg)
-    except (FileNotFoundError, FloatingPointError, CheckpointError, FinetuneError) as e:
-        setup_logging(cfg.log_file, "finetune").error("%s", e)
+        finetune(cfg, files)
+    except (FileNotFoundError, CheckpointError, TrainingError) as e:
+        setup_logging(files.log_file, "finetune").error("%s", e)
         code = 1
     except Requeue:
         code = REQUEUE_EXIT
@@ -442,18 +364,26 @@ def machines() -> tuple[int, int, str]:
 
 
 def main(argv=None) -> int:
-    cfg = parse_settings(FinetuneConfig, argv, "fine-tune a detectron2 model with a registered backbone")
+    p = engine.parser("fine-tune a detectron2 model with a registered backbone", ("output",))
+    p.add_argument("--pretrained", default="", help="ImageNet checkpoint of the backbone (empty: random init)")
+    p.add_argument("--gpus", type=int, default=1, help="processes on this node, one per GPU")
+    args = p.parse_args(argv)
+    log = setup_logging(args.log_file, "finetune")
     try:
+        cfg, data = engine.load(args, "finetune", log)
+        task(cfg.framework)
         nodes, node_rank, url = machines()
-    except FinetuneError as e:
-        setup_logging(cfg.log_file, "finetune").error("%s", e)
+    except (TrainingError, UnknownTask) as e:
+        log.error("%s", e)
         return 1
-    if nodes * cfg.gpus <= 1:
-        return run(cfg)
+    files = RunFiles(args.pretrained or None, str(data), str(args.work_dir), str(args.output), args.gpus,
+                     args.log_file)
+    if nodes * files.gpus <= 1:
+        return run(cfg, files)
     # The stop signal is for the training processes (each installs its handler); this one only waits for them.
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     try:
-        distributed_launch()(run, cfg.gpus, nodes, node_rank, url, args=(cfg,))
+        distributed_launch()(run, files.gpus, nodes, node_rank, url, args=(cfg, files))
     except torch.multiprocessing.ProcessExitedException as e:
         return e.exit_code if e.exit_code in (1, REQUEUE_EXIT) else 1
     return 0

@@ -15,6 +15,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where the kernel reports it (setting it to read it would
+    briefly apply 0 to files other threads create)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: str | Path):
     """Yield a temporary path in the target's directory; on success it replaces `target` atomically."""
@@ -24,6 +38,9 @@ def atomic_path(target: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600; the target gets what any new file of the user's gets (a colleague sharing
+        # a data root or results folder can read it under a group- or world-readable umask).
+        os.chmod(tmp, 0o666 & ~umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -67,6 +84,35 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+class RunLocked(Exception):
+    """Another process holds the run's lock; the message names its host and pid."""
+
+
+_HELD: list[int] = []  # lock files this process holds until it exits
+
+
+def lock_run(path: str | Path) -> None:
+    """Hold an exclusive lock on `path` (created if needed) until this process exits, so that two trainers never
+    write one run directory at once, Snakemake's --nolock or two machines on a shared filesystem included (POSIX
+    record locks, which NFS honours)."""
+    import fcntl
+    import socket
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunLocked(f"{path.with_suffix('')}: {holder} is running this job; wait for it to end or stop it "
+                        "first") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"host {socket.gethostname()} pid {os.getpid()}".encode())
+    _HELD.append(fd)
+
+
 def claim_work_dir(work_dir: str | Path, fingerprint: dict, log) -> bool:
     """Make `work_dir` hold resumable state for exactly this run.
 
@@ -80,22 +126,36 @@ def claim_work_dir(work_dir: str | Path, fingerprint: dict, log) -> bool:
         previous = json.loads(stamp.read_text()) if stamp.exists() else None
         if previous == json.loads(json.dumps(fingerprint)):
             return True
-        aside = work_dir.with_name(f"{work_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        aside = work_dir.with_name(f"{work_dir.name}{STALE}{time.strftime('%Y%m%d-%H%M%S')}")
         work_dir.rename(aside)
         log.warning("%s held state of a different run (settings or inputs changed); moved it to %s and "
-                    "starting fresh", work_dir, aside)
+                    "starting fresh (`python -m pipeline stale --prune` deletes such folders)", work_dir, aside)
     work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
     return False
 
 
-def weights_digest(path: str | Path) -> str:
+STALE = ".stale-"
+
+
+def stale_dirs(root: str | Path) -> list[tuple[Path, int]]:
+    """(folder, bytes) of every work dir `claim_work_dir` moved aside under `root`."""
+    found = []
+    for path in sorted(Path(root).rglob(f"*{STALE}*")):
+        if path.is_dir() and STALE in path.name:
+            found.append((path, sum(f.stat().st_size for f in path.rglob("*") if f.is_file())))
+    return found
+
+
+def weights_digest(checkpoint: str | Path | dict) -> str:
     """sha256 over a checkpoint's tensors (names, dtypes, shapes, bytes), independent of how it was saved:
-    torch.save writes a fresh serialization id each time, so identical weights give different files."""
+    torch.save writes a fresh serialization id each time, so identical weights give different files.
+    `checkpoint`: a file, or what torch.load gave for one."""
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("model", state) if isinstance(state, dict) else state
+    state = checkpoint if isinstance(checkpoint, dict) else torch.load(checkpoint, map_location="cpu",
+                                                                        weights_only=True)
+    state = state.get("model", state)
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().contiguous()

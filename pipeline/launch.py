@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline import registry
 from pipeline.preempt import REQUEUE_EXIT
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
@@ -144,19 +145,18 @@ class SlurmRun:
     def submit(self, command: list[str], gpus: int, nodes: int, tasks: int, minutes: int, name: str):
         s = self.settings
         executor = self.submitit.AutoExecutor(folder=self.folder, cluster="slurm",
-                                              slurm_max_num_timeout=int(s.get("max_timeouts", 3)))
+                                              slurm_max_num_timeout=int(s["max_timeouts"]))
         # CPUs and memory are per GPU process: a task each (DDP), or all in the one task that starts them.
         processes = max(gpus, tasks)
         params = dict(name=name, nodes=nodes, tasks_per_node=tasks, gpus_per_node=gpus, timeout_min=minutes,
-                      cpus_per_task=int(s.get("cpus_per_gpu", 1)) * processes // tasks,
-                      mem_gb=int(s.get("mem_gb_per_gpu", 4)) * processes,
-                      slurm_signal_delay_s=int(s.get("signal_delay_s", 120)))
+                      cpus_per_task=int(s["cpus_per_gpu"]) * processes // tasks,
+                      mem_gb=int(s["mem_gb_per_gpu"]) * processes, slurm_signal_delay_s=int(s["signal_delay_s"]))
         for key in ("partition", "account", "qos"):
             if s.get(key):
                 params[f"slurm_{key}"] = s[key]
         executor.update_parameters(**params)
         stop_wait = max(params["slurm_signal_delay_s"] - 15, 5)
-        job = executor.submit(EngineTask(command, os.getcwd(), stop_wait, int(s.get("cpus_per_gpu", 1))))
+        job = executor.submit(EngineTask(command, os.getcwd(), stop_wait, int(s["cpus_per_gpu"])))
         tmp = self.record.with_suffix(".tmp")
         tmp.write_text(json.dumps({"job_id": job.job_id, "name": name, "command": command,
                                    "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
@@ -193,12 +193,17 @@ class SlurmRun:
                               + (f"\n{tail}" if tail else ""))
 
 
+def cluster_settings(given: str) -> dict:
+    """The `cluster:` section the rules pass (JSON) on top of config/config.yaml's, the one place with defaults."""
+    return {**registry.load_yaml(registry.CONFIG_DIR / "config.yaml")["cluster"], **json.loads(given)}
+
+
 def launch(args) -> int:
-    settings = json.loads(args.cluster)
+    settings = cluster_settings(args.cluster)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise LaunchError("no command to run after --")
-    executor = settings.get("executor", "local")
+    executor = settings["executor"]
     # One task per GPU (DDP) unless the engine starts its own workers; at least one.
     tasks = max(args.gpus if args.tasks_per_node is None else args.tasks_per_node, 1)
     if executor == "local":
@@ -215,7 +220,7 @@ def launch(args) -> int:
             job = run.submit(command, args.gpus, args.nodes, tasks, args.minutes,
                              args.name or Path(args.run_dir).name)
             print(f"launch: submitted slurm job {job.job_id} ({run.record})", file=sys.stderr, flush=True)
-        run.wait(job, float(settings.get("poll_s", 30)))
+        run.wait(job, float(settings["poll_s"]))
     else:
         raise LaunchError(f"config field 'cluster.executor' is {executor!r}; valid: local, slurm")
     missing = [o for o in args.output if not Path(o).exists()]
@@ -234,8 +239,9 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=int, default=60, help="wall-time limit")
     parser.add_argument("--name", help="job name")
     parser.add_argument("--output", action="append", default=[], help="a file the command must have written")
-    parser.add_argument("--cluster", default='{"executor": "local"}',
-                        help="the config's `cluster:` section as JSON (the rules pass Snakemake's merged config)")
+    parser.add_argument("--cluster", default="{}",
+                        help="the config's `cluster:` section as JSON (the rules pass Snakemake's merged config); "
+                             "what it leaves out comes from config/config.yaml")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- ENGINE ARGS...")
     args = parser.parse_args(argv)
     try:

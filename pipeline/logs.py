@@ -7,18 +7,23 @@ import sys
 from pathlib import Path
 
 
-def setup_logging(log_file: str | Path | None, name: str = "pipeline") -> logging.Logger:
+def setup_logging(log_file: str | Path | None, name: str = "pipeline",
+                  file_level: int = logging.INFO) -> logging.Logger:
+    """INFO and above to the console; `file_level` and above to `log_file` (DEBUG keeps details, such as a whole
+    list of checkpoint keys, out of the console but in the file)."""
     logger = logging.getLogger(name)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(min(logging.INFO, file_level))
     logger.handlers.clear()
     logger.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
+    console.setLevel(logging.INFO)
     logger.addHandler(console)
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(log_file, mode="a")
         fh.setFormatter(fmt)
+        fh.setLevel(file_level)
         logger.addHandler(fh)
     return logger

@@ -1,9 +1,10 @@
 """The registered model names and their families, read from the source of `models/` without importing it.
 
 Importing `models` loads torch, timm and torchvision (15–20 s on a 2-core machine); the Snakefile needs only
-the names and families to validate the registry, on every parse. Each family module registers its builders
-with the `@register_model(...)` decorator, so parsing the modules gives the same list;
-tests/test_models.py checks it against `models.list_models()` and `models.family()`.
+the names and families to validate the registry, on every parse. Each family module registers its variants
+with `register_family(...)` from its `VARIANTS` dict (and `ALIASES`, where it has them), so the keys of those
+dicts in the source give the same list; tests/test_models.py checks it against `models.list_models()` and
+`models.family()`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 def _registered(path: Path) -> list[str]:
+    """The keys of the module's `VARIANTS` and `ALIASES` dicts, when it calls `register_family`."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    if "register_family" not in calls:
+        return []
     names = []
-    for node in ast.parse(path.read_text(), filename=str(path)).body:
-        if isinstance(node, ast.FunctionDef):
-            for dec in node.decorator_list:
-                target = dec.func if isinstance(dec, ast.Call) else dec
-                if isinstance(target, ast.Name) and target.id == "register_model":
-                    names.append(node.name)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and any(
+                isinstance(t, ast.Name) and t.id in ("VARIANTS", "ALIASES") for t in node.targets):
+            names += [k.value for k in node.value.keys if isinstance(k, ast.Constant)]
     return names
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import pipeline.compat  # noqa: F401  (before detectron2)
+import models.compat  # noqa: F401  (before detectron2)
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import experiments, registry
+from pipeline import jobs, registry, targets
 from pipeline.data import sources
 
 CONFIG = registry.CONFIG_DIR / "config.yaml"
@@ -26,47 +26,32 @@ def load_config(overrides: list[str]) -> dict:
         if not sep:
             raise registry.ConfigError(f"--config {item!r}: expected key=value")
         config[key] = yaml.safe_load(value)
-    registry.validate(config, "config.schema.yaml", "config/config.yaml (or --config overrides)")
-    return config
+    return registry.check_config(config)
 
 
-def resolve(target: str, paper: str) -> list[str]:
-    """Table targets behind a name: `<paper>_table<N>` or a descriptive one, `table<N>` (paper from config), `all`."""
-    reproducible = experiments.reproducible()
-    if target == "all":
-        return list(reproducible)
-    if target.startswith("table") and target[5:].isdigit():
-        found = experiments.numbered(paper).get(int(target[5:]))
-        if not found:
-            numbers = ", ".join(f"table{n}" for n in experiments.numbered(paper))
-            raise registry.ConfigError(f"{target}: {paper} has no table numbered {target[5:]}; its numbered "
-                                       f"tables: {numbers}")
-        return [e.target for e in found]
-    exp = experiments.experiments().get(target)
-    if exp is None:
-        raise registry.ConfigError(experiments.unknown_target(target, paper, others=("all",)))
-    if exp.not_reproduced:
-        raise registry.ConfigError(f"{target} ({exp.paper} {exp.title}) is not reproduced: {exp.not_reproduced}")
-    return [target]
+def _jobs(name: str, config: dict, datasets: dict) -> list[tuple[jobs.Job, str]]:
+    """(job, its scale) for each job behind a target name; the demo runs at smoke scale."""
+    if name == "demo":
+        return [(job, "smoke") for job in jobs.demo_jobs(config, datasets)]
+    return [(job, config["scale"]) for exp in targets.resolve(name, config["paper"])
+            for job in jobs.jobs(exp.target, config["scale"], datasets, config["seeds"])]
 
 
-def plan(targets: list[str], config: dict, root: Path = Path(".")) -> dict:
+def plan(names: list[str], config: dict, root: Path = Path(".")) -> dict:
+    """Each job of the named targets once: its rule, output, GPUs x nodes, hours and whether it is done."""
     datasets = sources.datasets(config["data_root"])
-    scale = config["scale"]
     rows, seen = [], set()
-    for name in targets:
-        for target in resolve(name, config["paper"]):
-            for job in experiments.jobs(target, scale, datasets, config["seeds"]):
-                if job.output in seen:
-                    continue
-                seen.add(job.output)
-                res = job.resources(scale)
-                gpus = res["gpus"] * res["nodes"]
-                rows.append({"rule": job.rule, "output": job.output, "gpus_per_node": res["gpus"],
-                             "nodes": res["nodes"], "hours": res["minutes"] / 60,
-                             "gpu_hours": gpus * res["minutes"] / 60, "exists": (root / job.output).exists()})
+    for job, scale in (pair for name in names for pair in _jobs(name, config, datasets)):
+        if job.output in seen:
+            continue
+        seen.add(job.output)
+        res = job.resources(scale)
+        gpus = res["gpus"] * res["nodes"]
+        rows.append({"rule": job.rule, "output": job.output, "gpus_per_node": res["gpus"],
+                     "nodes": res["nodes"], "hours": res["minutes"] / 60,
+                     "gpu_hours": gpus * res["minutes"] / 60, "exists": (root / job.output).exists()})
     todo = [r for r in rows if not r["exists"]]
-    return {"scale": scale, "jobs": rows,
+    return {"scale": config["scale"], "jobs": rows,
             "total": {"jobs": len(todo), "gpu_jobs": sum(1 for r in todo if r["gpu_hours"]),
                       "gpu_hours": sum(r["gpu_hours"] for r in todo), "done": len(rows) - len(todo)}}
 

@@ -1,14 +1,15 @@
 """ImageNet-style pretraining of any registered model (the DeiT/ConvNeXt recipe), resumable from atomic
 checkpoints.
 
-    python -m pipeline.pretrain --model pvt_tiny --data data/imagenet --work-dir .../state \
-        --output .../model.pth --metrics .../metrics.json --epochs 300 --warmup-epochs 5 --batch-size 1024 \
-        --lr 1e-3 --mixup 0.8 --cutmix 1.0 --randaugment rand-m9-mstd0.5-inc1 --random-erasing 0.25
+    python -m pipeline.pretrain --settings .../settings.yaml --work-dir .../state --output .../model.pth \
+        --metrics .../metrics.json
+
+Every value comes from the job's settings file (pipeline/settings.py PretrainSettings: the recipe's keys).
 
 The recipe's pieces are timm's: RandAugment and random erasing (`create_transform`), Mixup/CutMix with soft
 targets, the cosine schedule with warm-up, and the weight EMA. AMP (`--amp bf16|fp16`), channels-last and a
 deterministic mode are switches. The work dir holds `last.pth` (model, optimizer, scheduler, EMA, scaler,
-step and RNG states), written atomically every `--checkpoint-every` steps and at the end of each epoch; a
+step and RNG states), written atomically every `checkpoint_every` steps and at the end of each epoch; a
 re-run with the same work dir continues from it. Each sample's augmentation is seeded from (seed, epoch,
 index), and the batch order from (seed, epoch), so a resumed run sees exactly the batches an uninterrupted
 one would.
@@ -20,8 +21,6 @@ gradients are averaged; rank 0 writes checkpoints, metrics and the log.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import random
 import time
@@ -43,11 +42,13 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 import models
-from pipeline.io import atomic_torch_save, atomic_write_json, claim_work_dir
-from pipeline.preempt import REQUEUE_EXIT, Requeue, StopSignal
-from pipeline.cli import parse_settings
+from pipeline import engine
 from pipeline.data.imagenet import read_classes
+from pipeline.engine import TrainingError
+from pipeline.io import atomic_torch_save, atomic_write_json
 from pipeline.logs import setup_logging
+from pipeline.preempt import REQUEUE_EXIT, Requeue, StopSignal
+from pipeline.settings import PretrainSettings
 
 
 def _posterize(img, bits_to_keep, **kw):
@@ -61,48 +62,6 @@ def _posterize(img, bits_to_keep, **kw):
 
 for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
     auto_augment.NAME_TO_OP[_name] = _posterize
-
-
-@dataclass
-class PretrainConfig:
-    model: str
-    data: str
-    work_dir: str
-    output: str
-    metrics: str
-    # Length: `epochs` (with `warmup_epochs`) over the training set, or `steps` (with `warmup_steps`).
-    steps: int = 20
-    epochs: int = 0
-    warmup_steps: int = 2
-    warmup_epochs: float = 0.0
-    batch_size: int = 8
-    img_size: int = 224
-    optimizer: str = "adamw"
-    lr: float = 5e-4
-    min_lr: float = 1e-5
-    warmup_lr: float = 1e-6
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_switch_prob: float = 0.5
-    randaugment: str = ""
-    random_erasing: float = 0.0
-    ema_decay: float = 0.0
-    clip_grad: float = 0.0
-    drop_path_rate: float = 0.1
-    eval_crop_pct: float = 0.875
-    amp: str = "off"
-    channels_last: bool = False
-    deterministic: bool = False
-    checkpoint_every: int = 5
-    seed: int = 0
-    workers: int = 0
-    log_file: str | None = None
-
-
-class TrainingError(Exception):
-    pass
 
 
 class ImageNetFolder(Dataset):
@@ -204,185 +163,230 @@ def set_deterministic(on: bool) -> None:
     torch.backends.cudnn.benchmark = not on
 
 
-def build_optimizer(model, cfg: PretrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups_weight_decay(model, cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    raise TrainingError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, sgd")
+def _lengths(cfg: PretrainSettings, per_epoch: int) -> tuple[int, int]:
+    """(steps, warm-up steps): from epochs (with the recipe's cool-down epochs) or given in steps."""
+    if cfg.epochs:
+        return (cfg.epochs + cfg.cooldown_epochs) * per_epoch, round(cfg.warmup_epochs * per_epoch)
+    if cfg.steps <= 0:
+        raise TrainingError("no training length: the settings give neither epochs nor steps")
+    return cfg.steps, cfg.warmup_steps
 
 
-def train(cfg: PretrainConfig) -> dict:
-    stop = StopSignal()
-    rank, world, device = init_distributed()
-    log = setup_logging(cfg.log_file if rank == 0 else None, "pretrain")
-    if rank:
-        log.setLevel("WARNING")
-    if cfg.amp not in ("off", *AMP_DTYPES):
-        raise TrainingError(f"--amp {cfg.amp!r}: valid values are off, bf16, fp16")
-    set_deterministic(cfg.deterministic)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    if cfg.batch_size % world:
-        raise TrainingError(f"--batch-size {cfg.batch_size} is the global batch; it must divide among {world} "
-                            "processes")
-    work = Path(cfg.work_dir)
-    data = Path(cfg.data)
-    fingerprint = {k: v for k, v in asdict(cfg).items()
-                   if k not in ("work_dir", "output", "metrics", "log_file", "workers", "steps", "checkpoint_every")}
-    manifest = data.with_name(data.name + ".manifest.json")
-    if manifest.exists():
-        fingerprint["data_index_sha256"] = json.loads(manifest.read_text())["index_sha256"]
-    # `steps` may grow between runs (training is extended); anything else starts a fresh run.
-    if rank == 0:
-        claim_work_dir(work, fingerprint, log)
-    if world > 1:
-        dist.barrier()
+def peak_lr(cfg: PretrainSettings) -> float:
+    """The recipe's lr is given per `lr_batch` images and scales linearly with the batch."""
+    return cfg.lr * cfg.batch_size / cfg.lr_batch
 
+
+@dataclass
+class Data:
+    train: ImageNetFolder
+    val: ImageNetFolder
+    per_epoch: int
+    total: int
+    warmup: int
+
+
+def build_data(cfg: PretrainSettings, root: Path) -> Data:
     train_tf = create_transform(cfg.img_size, is_training=True, interpolation="bicubic", hflip=0.5,
                                 auto_augment=cfg.randaugment or None, re_prob=cfg.random_erasing,
                                 re_mode="pixel", re_count=1)
     eval_tf = create_transform(cfg.img_size, is_training=False, interpolation="bicubic", crop_pct=cfg.eval_crop_pct)
-    train_set = ImageNetFolder(data, "train", train_tf)
-    val_set = ImageNetFolder(data, "val", eval_tf)
+    train_set = ImageNetFolder(root, "train", train_tf)
     if len(train_set) < cfg.batch_size:
-        raise TrainingError(f"{data / 'train'}: {len(train_set)} images, fewer than one batch of {cfg.batch_size}")
+        raise TrainingError(f"{root / 'train'}: {len(train_set)} images, fewer than one batch of {cfg.batch_size}")
     per_epoch = len(train_set) // cfg.batch_size
-    total = cfg.epochs * per_epoch if cfg.epochs else cfg.steps
-    warmup = round(cfg.warmup_epochs * per_epoch) if cfg.epochs else cfg.warmup_steps
+    total, warmup = _lengths(cfg, per_epoch)
+    return Data(train_set, ImageNetFolder(root, "val", eval_tf), per_epoch, total, warmup)
 
-    model = models.create(cfg.model, num_classes=1000, drop_path_rate=cfg.drop_path_rate, img_size=cfg.img_size)
+
+@dataclass
+class Trainer:
+    """The model and everything that changes as it trains; `state()` is what `last.pth` holds."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    scaler: torch.amp.GradScaler
+    ema: ModelEmaV3 | None
+    mixup: Mixup | None
+    step: int = 0
+
+    def state(self, cfg: PretrainSettings) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None, "step": self.step,
+                "rng": _rng_state(), "config": asdict(cfg)}
+
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        _set_rng_state(state["rng"])
+        self.step = state["step"]
+
+
+def build_trainer(cfg: PretrainSettings, data: Data, device: torch.device, world: int) -> Trainer:
+    model = models.create(cfg.backbone, num_classes=1000, drop_path_rate=cfg.drop_path, img_size=cfg.img_size)
     model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
-    optimizer = build_optimizer(model, cfg)
-    scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=warmup,
+    lr = peak_lr(cfg)
+    optimizer = engine.optimizer(param_groups_weight_decay(model, cfg.weight_decay), cfg.optimizer, lr, nesterov=True)
+    scheduler = CosineLRScheduler(optimizer, t_initial=data.total, lr_min=min(cfg.min_lr, lr), warmup_t=data.warmup,
                                   warmup_lr_init=cfg.warmup_lr, t_in_epochs=False)
-    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
     mixup = None
     if cfg.mixup or cfg.cutmix:
         if cfg.batch_size % 2:
-            raise TrainingError(f"--batch-size {cfg.batch_size}: Mixup/CutMix need an even batch")
+            raise TrainingError(f"batch_size {cfg.batch_size}: Mixup/CutMix need an even batch")
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, switch_prob=cfg.mixup_switch_prob,
                       label_smoothing=cfg.label_smoothing, num_classes=1000)
-    soft_loss = SoftTargetCrossEntropy()
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    return Trainer(model, net, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16"),
+                   ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None, mixup)
 
-    step, state_file = 0, work / "last.pth"
-    if state_file.exists():
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        _set_rng_state(state["rng"])
-        step = state["step"]
-        log.info("resuming from %s at step %d of %d", state_file, step, total)
-    else:
-        log.info("starting %s: %d steps (%d per epoch), batch %d, %d train images, lr %.2e, mixup %s, cutmix %s, "
-                 "randaugment %s, EMA %s, AMP %s", cfg.model, total, per_epoch, cfg.batch_size, len(train_set), cfg.lr,
-                 cfg.mixup, cfg.cutmix, cfg.randaugment or "off", cfg.ema_decay or "off", cfg.amp)
 
-    def save_state() -> None:
-        if rank:
-            return
-        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                           "ema": ema.state_dict() if ema is not None else None, "step": step,
-                           "rng": _rng_state(), "config": asdict(cfg)}, state_file)
+def train_step(t: Trainer, cfg: PretrainSettings, images, targets, world: int) -> float:
+    """One optimizer step on this process's slice of a global batch; the loss averaged over the processes."""
+    if t.mixup is not None:
+        images, targets = t.mixup(images, targets)
+    if cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(images.device.type, dtype=AMP_DTYPES.get(cfg.amp), enabled=cfg.amp != "off"):
+        logits = t.net(images)
+        loss = (SoftTargetCrossEntropy()(logits, targets) if t.mixup is not None
+                else F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing))
+    reduced = loss.detach().clone()
+    if world > 1:
+        dist.all_reduce(reduced)
+    value = reduced.item() / world
+    engine.check_finite(value, f"step {t.step + 1} ({cfg.backbone})", t.optimizer.param_groups[0]["lr"])
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(loss).backward()
+    if cfg.clip_grad:
+        t.scaler.unscale_(t.optimizer)
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.clip_grad)
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    if t.ema is not None:
+        t.ema.update(t.model, step=t.step)
+    t.step += 1
+    t.scheduler.step_update(t.step)
+    return value
 
-    bar = tqdm(total=total, initial=step, desc=f"pretrain {cfg.model}", unit="step", dynamic_ncols=True,
-               disable=rank > 0)
+
+def epoch_loader(data: Data, cfg: PretrainSettings, step: int, rank: int, world: int) -> DataLoader:
+    """The rest of the epoch that `step` falls in, this process's slice of each global batch."""
+    epoch, pos = divmod(step, data.per_epoch)
     local = cfg.batch_size // world
-    start = time.perf_counter()
-    model.train()
-    loss_value = float("nan")
-    while step < total:
-        epoch, pos = divmod(step, per_epoch)
-        batches = _batches(len(train_set), cfg.batch_size, cfg.seed, epoch)[pos:]
-        order = [i for b in batches for i in b[rank * local:(rank + 1) * local]]
-        loader = DataLoader(_Subset(train_set, order, cfg.seed * 1_000 + epoch), batch_size=local,
-                            shuffle=False, num_workers=cfg.workers, drop_last=True)
-        for images, targets in loader:
-            images, targets = images.to(device), targets.to(device)
-            if mixup is not None:
-                images, targets = mixup(images, targets)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=AMP_DTYPES.get(cfg.amp), enabled=cfg.amp != "off"):
-                logits = net(images)
-                loss = (soft_loss(logits, targets) if mixup is not None
-                        else F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing))
-            reduced = loss.detach().clone()
-            if world > 1:
-                dist.all_reduce(reduced)
-            loss_value = reduced.item() / world
-            if not math.isfinite(loss_value):
-                raise TrainingError(f"loss is {loss_value} at step {step + 1} ({cfg.model}, lr "
-                                    f"{optimizer.param_groups[0]['lr']:.2e}); lower the lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update(model, step=step)
-            step += 1
-            scheduler.step_update(step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
-            if step % cfg.checkpoint_every == 0 or step % per_epoch == 0 or step == total:
-                save_state()
-                log.info("step %d/%d loss %.4f, checkpoint %s", step, total, loss_value, state_file)
-            if step == total:
-                break
-            if stop.requested(world):
-                save_state()
-                log.info("stop signal: state saved at step %d of %d in %s; run again to resume", step, total,
-                         state_file)
-                bar.close()
-                if world > 1:
-                    dist.barrier()
-                    dist.destroy_process_group()
-                raise Requeue
-    bar.close()
-    if rank:
-        dist.barrier()
-        dist.destroy_process_group()
-        return {}
+    batches = _batches(len(data.train), cfg.batch_size, cfg.seed, epoch)[pos:]
+    order = [i for b in batches for i in b[rank * local:(rank + 1) * local]]
+    return DataLoader(_Subset(data.train, order, cfg.seed * 1_000 + epoch), batch_size=local, shuffle=False,
+                      num_workers=cfg.workers, drop_last=True)
 
-    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, num_workers=cfg.workers)
-    metrics = evaluate(model, val_loader, cfg.channels_last, device)
-    if ema is not None:
-        metrics.update({f"{k}_ema": v for k, v in evaluate(ema.module, val_loader, cfg.channels_last, device).items()
-                        if k != "val_images"})
-    metrics.update({"model": cfg.model, "steps": total, "final_loss": loss_value,
-                    "train_seconds_this_run": round(time.perf_counter() - start, 1)})
-    atomic_torch_save({"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
-                       "arch": cfg.model, "steps": total, "img_size": cfg.img_size}, cfg.output)
-    atomic_write_json(cfg.metrics, metrics)
-    log.info("done: top1 %.1f top5 %.1f on %d val images -> %s", metrics["top1"], metrics["top5"],
-             metrics["val_images"], cfg.output)
+
+def finish(t: Trainer, cfg: PretrainSettings, data: Data, out, device, loss: float, seconds: float) -> dict:
+    """Validation top-1/top-5 (and of the EMA weights), the model file and the metrics file."""
+    val_loader = DataLoader(data.val, batch_size=cfg.batch_size, num_workers=cfg.workers)
+    metrics = evaluate(t.model, val_loader, cfg.channels_last, device)
+    if t.ema is not None:
+        metrics.update({f"{k}_ema": v for k, v in evaluate(t.ema.module, val_loader, cfg.channels_last,
+                                                           device).items() if k != "val_images"})
+    metrics.update({"model": cfg.backbone, "steps": data.total, "final_loss": loss,
+                    "train_seconds_this_run": round(seconds, 1)})
+    atomic_torch_save({"model": t.model.state_dict(), "ema": t.ema.module.state_dict() if t.ema is not None else None,
+                       "arch": cfg.backbone, "steps": data.total, "img_size": cfg.img_size}, out.output)
+    atomic_write_json(out.metrics, metrics)
+    return metrics
+
+
+def _resume_or_start(t: Trainer, state_file: Path, cfg: PretrainSettings, data: Data, log) -> None:
+    if not state_file.exists():
+        log.info("starting %s: %d steps (%d per epoch), batch %d, %d train images, lr %.2e, mixup %s, cutmix %s, "
+                 "randaugment %s, EMA %s, AMP %s", cfg.backbone, data.total, data.per_epoch, cfg.batch_size,
+                 len(data.train), peak_lr(cfg), cfg.mixup, cfg.cutmix, cfg.randaugment or "off",
+                 cfg.ema_decay or "off", cfg.amp)
+        return
+    try:
+        t.load(models.load_file(state_file))
+    except models.CheckpointError as e:
+        raise TrainingError(f"{e}; it is this run's resume state: delete it to start the run afresh") from None
+    log.info("resuming from %s at step %d of %d", state_file, t.step, data.total)
+
+
+def _leave(world: int) -> None:
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
+
+
+def train(cfg: PretrainSettings, root: Path, out, log_file: str | None = None) -> dict:
+    """The whole run (this process's part of it): resumes from the work dir's `last.pth` when there is one."""
+    stop = StopSignal()
+    rank, world, device = init_distributed()
+    log = engine.logger("pretrain", log_file, rank)
+    if cfg.amp not in ("off", *AMP_DTYPES):
+        raise TrainingError(f"amp {cfg.amp!r}: valid values are off, bf16, fp16")
+    set_deterministic(cfg.deterministic)
+    engine.seed_everything(cfg.seed)
+    if cfg.batch_size % world:
+        raise TrainingError(f"batch_size {cfg.batch_size} is the global batch; it must divide among {world} processes")
+    engine.claim(out.work_dir, engine.fingerprint(cfg, root, skip=("workers", "steps", "checkpoint_every")), log, rank,
+                 dist.barrier if world > 1 else lambda: None)
+    data = build_data(cfg, root)
+    t = build_trainer(cfg, data, device, world)
+    state_file = out.work_dir / "last.pth"
+    _resume_or_start(t, state_file, cfg, data, log)
+
+    def save() -> None:
+        if rank == 0:
+            atomic_torch_save(t.state(cfg), state_file)
+
+    bar = tqdm(total=data.total, initial=t.step, desc=f"pretrain {cfg.backbone}", unit="step", dynamic_ncols=True,
+               disable=rank > 0)
+    start, loss = time.perf_counter(), float("nan")
+    t.model.train()
+    while t.step < data.total:
+        for images, targets in epoch_loader(data, cfg, t.step, rank, world):
+            loss = train_step(t, cfg, images.to(device), targets.to(device), world)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{t.optimizer.param_groups[0]['lr']:.1e}")
+            if t.step % cfg.checkpoint_every == 0 or t.step % data.per_epoch == 0 or t.step == data.total:
+                save()
+                log.info("step %d/%d loss %.4f, checkpoint %s", t.step, data.total, loss, state_file)
+            if t.step == data.total:
+                break
+            if stop.requested(world):
+                save()
+                log.info("stop signal: state saved at step %d of %d in %s; run again to resume", t.step,
+                         data.total, state_file)
+                bar.close()
+                _leave(world)
+                raise Requeue
+    bar.close()
+    if rank:
+        _leave(world)
+        return {}
+    metrics = finish(t, cfg, data, out, device, loss, time.perf_counter() - start)
+    log.info("done: top1 %.1f top5 %.1f on %d val images -> %s", metrics["top1"], metrics["top5"],
+             metrics["val_images"], out.output)
+    _leave(world)
     return metrics
 
 
 def main(argv=None) -> int:
-    cfg = parse_settings(PretrainConfig, argv, "pretrain a registered model on an ImageNet-format folder")
+    parser = engine.parser("pretrain a registered model on an ImageNet-format folder", ("output", "metrics"))
+    args = parser.parse_args(argv)
+    log = setup_logging(args.log_file, "pretrain")
     try:
-        train(cfg)
+        cfg, root = engine.load(args, "pretrain", log)
+        train(cfg, root, args, args.log_file)
     except (TrainingError, models.CheckpointError) as e:
-        setup_logging(cfg.log_file, "pretrain").error("%s", e)
+        log.error("%s", e)
         return 1
     except Requeue:
         return REQUEUE_EXIT

@@ -14,11 +14,6 @@ import math
 from pipeline import registry
 
 RECIPES_DIR = registry.CONFIG_DIR / "recipes"
-# The detectron2 frameworks a fine-tuning recipe may name (`framework`), by the kind of dataset they read;
-# config/schema/recipes.schema.yaml lists the same names (tests/test_recipes.py).
-INSTANCE_TASKS = ("mask_rcnn", "retinanet", "cascade_mask_rcnn")
-SEMANTIC_TASKS = ("semantic_fpn", "upernet", "segformer")
-TASKS = INSTANCE_TASKS + ("panoptic_fpn",) + SEMANTIC_TASKS
 
 
 @functools.lru_cache(maxsize=None)

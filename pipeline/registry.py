@@ -93,10 +93,30 @@ def validate(doc, schema_name: str, path: Path) -> None:
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         message = f"{err.message}; valid fields: {', '.join(allowed)}"
+    elif err.validator == "anyOf" and err.context:
+        # A value or a per-variant map of it: say what is wrong with the value, not that no form fits.
+        reasons = [e for e in err.context if e.validator != "type"] or list(err.context)
+        message = reasons[0].message
     else:
         message = err.message
     field_txt = f" field '{field}':" if field else ""
     raise ConfigError(f"{path}: {entry}:{field_txt} {message}")
+
+
+CONFIG_WHERE = "config/config.yaml (or --config overrides)"
+
+
+def check_config(config: dict) -> dict:
+    """The experiment config validated (one line per problem), with command-line spellings of `seeds` taken as
+    meant: snakemake's `--config seeds=0`, `seeds=[0,1]` (read as strings) and `seeds=0,1` give integers."""
+    seeds = config.get("seeds")
+    if isinstance(seeds, (int, str)) and not isinstance(seeds, bool):
+        seeds = str(seeds).strip("[]").split(",")
+    if isinstance(seeds, list) and all(isinstance(s, int) or (isinstance(s, str) and s.strip().isdigit())
+                                       for s in seeds):
+        config["seeds"] = [int(s) for s in seeds]
+    validate(config, "config.schema.yaml", CONFIG_WHERE)
+    return config
 
 
 def _check_unique(doc: dict, path: Path) -> None:
@@ -113,8 +133,17 @@ def _check_unique(doc: dict, path: Path) -> None:
             seen_rows.add(row["id"])
 
 
+def _with_row_defaults(doc: dict) -> dict:
+    """Each row with its table's `row_defaults` filled in where the row does not set the field."""
+    for table in doc.get("tables") or []:
+        defaults = table.get("row_defaults") if isinstance(table, dict) else None
+        if isinstance(defaults, dict) and isinstance(table.get("rows"), list):
+            table["rows"] = [{**defaults, **row} if isinstance(row, dict) else row for row in table["rows"]]
+    return doc
+
+
 def load_paper(path: Path) -> dict:
-    doc = load_yaml(path)
+    doc = _with_row_defaults(load_yaml(path))
     validate(doc, "papers.schema.yaml", path)
     _check_unique(doc, path)
     if doc["paper"] != path.stem:

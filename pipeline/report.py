@@ -8,7 +8,7 @@ import json
 import platform
 from pathlib import Path
 
-from pipeline import registry
+from pipeline import registry, settings, targets
 from pipeline.io import atomic_write_text
 
 
@@ -25,13 +25,15 @@ def comparison_rows(paper_row: registry.Row, measured: dict) -> list[str]:
     return lines
 
 
-def demo_report(row_ref: dict, pretrain_metrics: Path, eval_metrics: Path, out: Path, config: dict) -> str:
-    row = registry.row(row_ref["paper"], row_ref["table"], row_ref["row"])
+def demo_report(row: registry.Row, pretrain_metrics: Path, eval_metrics: Path, settings_files: list[Path],
+                out: Path) -> str:
     paper = registry.paper(row.paper)
     table = registry.table(row.paper, row.table)
     pre = json.loads(Path(pretrain_metrics).read_text())
     ev = json.loads(Path(eval_metrics).read_text())
-    pt, ft = config["pretrain"], config["finetune"]
+    jobs = {doc["job"]: (doc, path) for path in settings_files for doc in [settings.read(path)]}
+    (pt, pt_file), (ft, ft_file) = jobs["pretrain"], jobs["finetune"]
+    pv, fv = pt["values"], ft["values"]
     lines = [
         "# Demo: the whole pipeline at smoke scale",
         "",
@@ -47,12 +49,13 @@ def demo_report(row_ref: dict, pretrain_metrics: Path, eval_metrics: Path, out: 
         "",
         "## Provenance of the measured numbers",
         "",
-        f"- Backbone `{pre['model']}` pretrained for {pt['steps']} steps (batch {pt['batch_size']}, "
-        f"{pt['img_size']} px) on the embedded ImageNet-format set: top-1 {pre['top1']:.1f} %, "
-        f"top-5 {pre['top5']:.1f} % on its {pre['val_images']} val photos "
-        f"(`{pretrain_metrics}`).",
-        f"- Mask R-CNN + FPN (detectron2 v0.6) fine-tuned from that checkpoint for {ft['iters']} iterations "
-        f"(batch {ft['batch_size']}, short side {ft['short_side']}) on the embedded COCO-format train split.",
+        f"- Backbone `{pre['model']}` pretrained with the `{pt['recipe']}` recipe shrunk by the smoke profile "
+        f"`{pt['smoke']['profile']}`: {pv['steps']} steps (batch {pv['batch_size']}, {pv['img_size']} px) on the "
+        f"embedded ImageNet-format set: top-1 {pre['top1']:.1f} %, top-5 {pre['top5']:.1f} % on its "
+        f"{pre['val_images']} val photos (`{pretrain_metrics}`; settings `{pt_file}`).",
+        f"- Mask R-CNN + FPN (detectron2 v0.6) fine-tuned from that checkpoint with the `{ft['recipe']}` recipe, "
+        f"schedule `{ft['schedule']}` shrunk to {fv['iters']} iterations (batch {fv['batch_size']}, short side "
+        f"{', '.join(map(str, fv['short_side']))}) on the embedded COCO-format train split (settings `{ft_file}`).",
         f"- Evaluated on the embedded val split ({ev['images']} image) with {ev['evaluator']}, "
         f"score threshold {ev['score_thresh']} (`{eval_metrics}`).",
         f"- Paper numbers: `config/papers/{row.paper}.yaml`, table `{row.table}`, row `{row.id}` "
@@ -67,16 +70,16 @@ def demo_report(row_ref: dict, pretrain_metrics: Path, eval_metrics: Path, out: 
 
 
 def main(argv=None) -> int:
-    import yaml
-
     parser = argparse.ArgumentParser(description="write reports/demo.md")
     parser.add_argument("--config", default=str(registry.CONFIG_DIR / "config.yaml"))
     parser.add_argument("--pretrain-metrics", required=True, type=Path)
     parser.add_argument("--eval-metrics", required=True, type=Path)
+    parser.add_argument("--settings", nargs="+", required=True, type=Path, help="the demo jobs' settings files")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
-    config = yaml.safe_load(Path(args.config).read_text())["demo"]
-    demo_report(config["compare"], args.pretrain_metrics, args.eval_metrics, args.out, config)
+    run = targets.demo_run(registry.load_yaml(Path(args.config)))
+    demo_report(registry.row(run.paper, run.table, run.row), args.pretrain_metrics, args.eval_metrics,
+                args.settings, args.out)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""pipeline/compat.py and models/dense.py: detectron2 v0.6 (pure Python) with the project's backbones."""
+"""models/compat.py and models/dense.py: detectron2 v0.6 (pure Python) with the project's backbones."""
 
 import io
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.compat  # noqa: F401
+import models.compat  # noqa: F401
 
 import detectron2
 from models.dense import RegistryBackbone, convert_norm
@@ -47,10 +47,10 @@ def test_adapter_shapes_come_from_feature_info():
     backbone = RegistryBackbone("pvt_tiny")
     shapes = backbone.output_shape()
     assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {
-        "stage1": (64, 4), "stage2": (128, 8), "stage3": (320, 16), "stage4": (512, 32)}
+        "res2": (64, 4), "res3": (128, 8), "res4": (320, 16), "res5": (512, 32)}
     assert backbone.size_divisibility == 32
     feats = backbone(torch.randn(1, 3, 128, 160))
-    assert feats["stage3"].shape == (1, 320, 8, 10)
+    assert feats["res4"].shape == (1, 320, 8, 10)
 
 
 def test_freeze_at_follows_detectron2_convention():

@@ -23,6 +23,8 @@ class Server:
 
     def __init__(self):
         self.files, self.cut_once, self.corrupt, self.requests = {}, {}, {}, []
+        # name -> URL to redirect to; the Authorization header each request brought.
+        self.redirects, self.auth = {}, []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -32,6 +34,13 @@ class Server:
             def do_GET(self):
                 name = self.path.lstrip("/")
                 server.requests.append((name, self.headers.get("Range")))
+                server.auth.append(self.headers.get("Authorization"))
+                if name in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[name])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.headers.get("Authorization") == "Basic bm86Z29vZA==":  # no:good
                     self.send_error(403)
                     return
@@ -117,7 +126,7 @@ def test_missing_credentials_file_and_space_are_one_line_errors(server, tmp_path
         fetch(_source(server, credentials_env="IMAGENET_AUTH"), tmp_path / "val.tar")
     monkeypatch.setenv("IMAGENET_AUTH", "no:good")
     with pytest.raises(DownloadError, match=r"refused access \(HTTP 403\); check the credentials in IMAGENET_AUTH"):
-        fetch(_source(server, credentials_env="IMAGENET_AUTH"), tmp_path / "val.tar")
+        fetch(_source(server, credentials_env="IMAGENET_AUTH", credentials_over_http=True), tmp_path / "val.tar")
     with pytest.raises(DownloadError, match="not found"):
         fetch(_source(server, "train.tar"), tmp_path / "train.tar")
     with pytest.raises(DownloadError, match="does not exist; download it from https://image-net.org/download-images"):
@@ -133,6 +142,45 @@ def test_without_a_published_size_the_announced_length_is_checked_against_free_s
     with pytest.raises(DownloadError, match=r"needs 3.15 MB free, .* has 0.00 MB"):
         fetch(_source(server, size=None), tmp_path / "val.tar")
     assert server.requests == [("val.tar", None)]
+
+
+def test_credentials_go_over_https_only_unless_allowed(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGENET_AUTH", "user:secret")
+    with pytest.raises(DownloadError, match=r"refusing to send IMAGENET_AUTH over plain http to http://127.0.0.1:"
+                                            r"\d+/val.tar; use its https URL, or set credentials_over_http: true"):
+        fetch(_source(server, credentials_env="IMAGENET_AUTH"), tmp_path / "val.tar")
+    assert server.requests == []
+
+
+def test_a_redirect_to_another_host_drops_the_credentials(server, tmp_path, monkeypatch):
+    other = Server()
+    other.files["val.tar"] = PAYLOAD
+    try:
+        # The same port number under another host name: a different origin for the credentials.
+        server.redirects["val.tar"] = f"{other.url.replace('127.0.0.1', 'localhost')}/val.tar"
+        server.redirects["same.tar"] = f"{server.url}/val.tar"
+        monkeypatch.setenv("IMAGENET_AUTH", "user:secret")
+        fetch(_source(server, credentials_env="IMAGENET_AUTH", credentials_over_http=True), tmp_path / "val.tar")
+        assert server.auth[0].startswith("Basic ") and other.auth == [None]
+        assert (tmp_path / "val.tar").read_bytes() == PAYLOAD
+        fetch(_source(server, "same.tar", credentials_env="IMAGENET_AUTH", credentials_over_http=True),
+              tmp_path / "same.tar")
+        assert server.auth[1:] == [server.auth[0]] * 2  # a redirect on the same host keeps them
+    finally:
+        other.httpd.shutdown()
+
+
+def test_nothing_is_written_past_the_published_size(server, tmp_path):
+    with pytest.raises(DownloadError, match=r"sent more than the 1000 bytes published; stopped at 1000"):
+        fetch(_source(server, size=1000), tmp_path / "val.tar")
+    assert (tmp_path / "val.tar.part").stat().st_size == 1000
+
+
+def test_a_short_body_without_a_published_size_is_resumed_not_finished(server, tmp_path):
+    server.cut_once["val.tar"] = 1 << 20
+    fetch(_source(server, size=None), tmp_path / "val.tar", backoff=0.01)
+    assert (tmp_path / "val.tar").read_bytes() == PAYLOAD
+    assert server.requests == [("val.tar", None), ("val.tar", f"bytes={1 << 20}-")]
 
 
 def _tar(path, members):
@@ -188,3 +236,17 @@ def test_extraction_is_atomic_idempotent_and_keeps_inside_links(tmp_path):
     with zipfile.ZipFile(tmp_path / "z.zip", "w") as zf:
         zf.writestr("ADEChallengeData2016/images/validation/x.jpg", b"jpg")
     assert (extract(tmp_path / "z.zip", tmp_path / "ade") / "ADEChallengeData2016/images/validation/x.jpg").is_file()
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_written(tmp_path):
+    bomb = tmp_path / "bomb.zip"
+    zero = bytes(1 << 20)
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        with zf.open("zeros.bin", "w", force_zip64=True) as f:
+            for _ in range(2048):  # 2 GiB of zeros in about 2 MiB
+                f.write(zero)
+    assert bomb.stat().st_size < 3 << 20
+    with pytest.raises(ExtractError, match=r"bomb.zip: its members declare 2,147,483,648 bytes from [\d,]+ \(\d+x, "
+                                           r"over the 100x cap\): a decompression bomb"):
+        extract(bomb, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["bomb.zip"]

@@ -73,7 +73,7 @@ def test_missing_credential_or_file_is_one_line(tmp_path):
 
 
 def test_coco_instances_and_panoptic_are_registered_and_iterate(embedded_data):
-    import pipeline.compat  # noqa: F401
+    import models.compat  # noqa: F401
     from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader
 
     from pipeline.data.register import register_coco
@@ -100,7 +100,7 @@ def test_coco_instances_and_panoptic_are_registered_and_iterate(embedded_data):
 
 
 def test_ade20k_is_registered_with_150_classes_and_iterates(embedded_data):
-    import pipeline.compat  # noqa: F401
+    import models.compat  # noqa: F401
     from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader
 
     from pipeline.data.register import register_ade20k

@@ -11,8 +11,9 @@ from conftest import BIN, ROOT, copy_project, run
 
 SMOKE = {
     "pretrain": {"steps": 4, "batch_size": 4, "img_size": 64, "checkpoint_every": 2, "warmup_steps": 1},
-    "finetune": {"iters": 2, "batch_size": 1, "short_side": 128, "max_size": 192, "roi_batch_size_per_image": 64,
+    "finetune": {"iters": 2, "batch_size": 1, "short_side": [128], "max_size": 192, "roi_batch_size_per_image": 64,
                  "rpn_post_nms_topk_train": 200, "checkpoint_every": 1, "warmup_iters": 1},
+    "evaluate": {"test_size": [128, 192]},
 }
 
 
@@ -23,7 +24,7 @@ def _copy_project(dst):
     (dst / ".gitignore").write_text("/.venv\n/data/\n/logs/\n/.snakemake/\n__pycache__/\n")
     config = yaml.safe_load((dst / "config" / "config.yaml").read_text())
     for section, values in SMOKE.items():
-        config["demo"][section].update(values)
+        config["smoke"]["demo"][section].update(values)
     (dst / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -39,7 +40,9 @@ def test_dvc_repro_runs_the_demo_dag_and_tracks_its_artifacts(tmp_path):
 
     report = (project / "reports" / "demo.md").read_text()
     assert "SMOKE SCALE" in report and "| box_AP |" in report and "| 36.7 |" in report  # PVT Table 4, PVT-Tiny 1x
-    metrics = json.loads((project / "results/evaluate/coco-embedded/mask_rcnn/pvt_tiny/demo/demo/seed0/metrics.json").read_text())
+    evaluation = project / "results/evaluate/coco-embedded/mask_rcnn/pvt_tiny/pvt_mask_rcnn/1x/seed0"
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert yaml.safe_load((evaluation / "settings.yaml").read_text())["smoke"]["profile"] == "demo"
     assert metrics["evaluator"] == "pycocotools COCOeval" and metrics["images"] == 1
     assert isinstance(metrics["box_AP"], float) and isinstance(metrics["mask_AP"], float)
     for manifest in ("imagenet", "coco", "ade20k"):

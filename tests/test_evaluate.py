@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import experiments
+from pipeline import registry, settings
 from pipeline.evaluate import SegmentationInference
 
 
@@ -54,8 +54,10 @@ def test_scales_and_flip_average_softmax_scores(image):
 
 
 def test_hornet_upernet_is_tested_as_its_config_says():
-    s = experiments.evaluate_settings("hornet_upernet", "hornet_small_gf", "160k", "full", {})
+    smoke = registry.load_yaml(registry.CONFIG_DIR / "config.yaml")["smoke"]
+    s = settings.resolve("evaluate", "hornet_small_gf", "hornet_upernet", 0, "full", "quick", smoke, "160k")["values"]
     # hornet.md §D: slide mode, crop 512, stride 341; ms+flip = mmseg --aug-test.
-    assert (s["min_size"], s["max_size"], s["slide_crop"], s["slide_stride"], s["flip"]) == (512, 2048, 512, 341, True)
-    assert s["aug_ratios"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-    assert "slide_crop" not in experiments.evaluate_settings("lvt_segformer", "lvt", "160k", "full", {})
+    assert (*s["test_size"], *s["test_slide"], s["test_flip"]) == (512, 2048, 512, 341, True)
+    assert s["test_ratios"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    lvt = settings.resolve("evaluate", "lvt", "lvt_segformer", 0, "full", "quick", smoke, "160k")["values"]
+    assert lvt["test_slide"] is None

@@ -1,16 +1,27 @@
 """pipeline/finetune.py: the optimizer's parameter groups follow the official dense configs."""
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
-import pipeline.compat  # noqa: F401  (before detectron2)
+import models.compat  # noqa: F401  (before detectron2)
 from detectron2.data import transforms as T
 
-from pipeline import experiments
-from pipeline.finetune import (FinetuneConfig, FinetuneError, build_model, lr_layer, machines, param_groups,
-                               train_augmentations)
+from pipeline import registry, settings
+from pipeline.detection import build_model
+from pipeline.finetune import FinetuneError, _resize, lr_layer, machines, param_groups, train_augmentations
+from pipeline.settings import FinetuneSettings
+
+SMOKE = registry.load_yaml(registry.CONFIG_DIR / "config.yaml")["smoke"]
+
+
+def _settings(backbone, recipe, schedule) -> FinetuneSettings:
+    """The engine config a full-scale job of the recipe gets, as its settings file gives it."""
+    doc = settings.resolve("finetune", backbone, recipe, 0, "full", "quick", SMOKE, schedule)
+    names = {f.name for f in dataclasses.fields(FinetuneSettings)}
+    return FinetuneSettings(backbone=backbone, **{k: v for k, v in doc["values"].items() if k in names})
 
 STAGES = ["stages.0", "stages.1", "stages.2", "stages.3"]
 
@@ -39,14 +50,10 @@ def _lrs(model, groups):
     return {name: by_param[id(p)] for name, p in model.named_parameters()}
 
 
-def test_hornet_upernet_groups_use_the_recipe_decay(tmp_path):
-    settings = experiments.finetune_settings("hornet_upernet", "hornet_tiny_7x7", "160k", "full", {}, 0)
-    assert (settings["layer_decay"], settings["layer_decay_type"], settings["layer_decay_layers"]) == (
+def test_hornet_upernet_groups_use_the_recipe_decay():
+    cfg = _settings("hornet_tiny_7x7", "hornet_upernet", "160k")
+    assert (cfg.layer_decay, cfg.layer_decay_type, cfg.layer_decay_layers) == (
         0.9, "stage_wise", 6)  # hornet.md §D: stage-wise 0.9, num_layers 6 for T
-    fields = {k: v for k, v in settings.items() if k in FinetuneConfig.__dataclass_fields__ and v is not None}
-    fields["short_side"] = ",".join(map(str, fields["short_side"]))
-    cfg = FinetuneConfig(backbone="hornet_tiny_7x7", pretrained="", data=str(tmp_path), work_dir=str(tmp_path),
-                         output=str(tmp_path / "m.pth"), **fields)
     model = build_model(cfg)
     lrs = _lrs(model, param_groups(model, cfg))
     lr = 1e-4  # hornet.md §D
@@ -60,21 +67,16 @@ def test_hornet_upernet_groups_use_the_recipe_decay(tmp_path):
     assert lrs[net + "stages.3.0.gamma1"][1] == 0.0 and lrs[net + "norm3.weight"] == (lr, 0.0)
 
 
-def test_unknown_decay_type_is_one_clear_error(tmp_path):
-    cfg = FinetuneConfig(backbone="hornet_tiny_7x7", pretrained="", data=str(tmp_path), work_dir=str(tmp_path),
-                         output=str(tmp_path / "m.pth"), task="upernet", layer_decay=0.9, layer_decay_type="blockwise")
+def test_unknown_decay_type_is_one_clear_error():
+    cfg = FinetuneSettings(backbone="hornet_tiny_7x7", framework="upernet", layer_decay=0.9,
+                           layer_decay_type="blockwise")
     with pytest.raises(FinetuneError, match="blockwise.*stage_wise, layer_wise"):
         param_groups(build_model(cfg), cfg)
 
 
-def test_hornet_cascade_augmentation_has_both_detr_branches(tmp_path):
+def test_hornet_cascade_augmentation_has_both_detr_branches():
     # hornet.md §D: short side in 480..800 (step 32, max 1333), or resize {400, 500, 600} -> crop 384-600 -> the same.
-    settings = experiments.finetune_settings("hornet_cascade_mask_rcnn", "hornet_tiny_gf", "3x_ms", "full", {}, 0)
-    cfg = FinetuneConfig(backbone="hornet_tiny_gf", pretrained="", data=str(tmp_path), work_dir=str(tmp_path),
-                         output=str(tmp_path / "m.pth"), task="cascade_mask_rcnn",
-                         short_side=",".join(map(str, settings["short_side"])), max_size=settings["max_size"],
-                         crop_branch_sides=",".join(map(str, settings["crop_branch_sides"])),
-                         crop_branch_size=",".join(map(str, settings["crop_branch_size"])))
+    cfg = _settings("hornet_tiny_gf", "hornet_cascade_mask_rcnn", "3x_ms")
     augs = T.AugmentationList(train_augmentations(cfg))
     np.random.seed(0)
     shapes = set()
@@ -99,3 +101,49 @@ def test_nodes_come_from_the_job_environment(monkeypatch):
     monkeypatch.delenv("MASTER_ADDR")
     with pytest.raises(FinetuneError, match="MASTER_ADDR is not set"):
         machines()
+
+
+def test_semantic_rescale_follows_mmseg():
+    # mmseg's ADE20K rescale: short side 512 x [0.5, 2.0], long side 2048 x 2.0, then a 512 crop (PVT §5.3).
+    cfg = _settings("pvt_tiny", "pvt_semantic_fpn", "80k")
+    resize = _resize(cfg)
+    assert (list(resize.short_edge_length), resize.max_size, resize.sample_style) == ([256, 1024], 4096, "range")
+    assert (cfg.crop, cfg.poly_power) == (512, 0.9)
+
+
+def test_an_empty_pretrained_file_is_one_line(tmp_path):
+    from conftest import PYTHON, run
+
+    settings.for_engine(tmp_path / "settings.yaml", "finetune", "pvt_tiny", iters=1)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    proc = run([PYTHON, "-m", "pipeline.finetune", "--settings", str(tmp_path / "settings.yaml"), "--pretrained",
+                str(tmp_path / "empty.pth"), "--data", str(tmp_path / "coco"), "--work-dir", str(tmp_path / "state"),
+                "--output", str(tmp_path / "model.pth")], check=False)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line or "Traceback" in line]
+    assert len(errors) == 1 and "empty.pth: not a loadable weights-only checkpoint" in errors[0]
+
+
+def test_a_non_finite_loss_stops_in_one_line_with_the_iteration_and_lr():
+    import torch
+    from detectron2.utils.events import EventStorage
+    from torch import nn
+
+    from pipeline.engine import TrainingError
+    from pipeline.finetune import ClippedTrainer
+
+    class Diverged(nn.Module):  # a detector's loss dict, one term gone to NaN
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def forward(self, batch):
+            return {"loss_cls": self.w.sum(), "loss_box_reg": self.w.sum() * float("nan")}
+
+    model = Diverged()
+    trainer = ClippedTrainer(model, iter([[{}]] * 3), torch.optim.SGD(model.parameters(), lr=0.02), clip=0.0)
+    with EventStorage(0), pytest.raises(TrainingError) as err:
+        trainer.iter = 0
+        trainer.run_step()
+    assert str(err.value) == "loss is nan at iteration 0 (lr 2.00e-02); lower the lr or check the data"
+    assert model.w.item() == 1.0  # stopped before the optimizer stepped

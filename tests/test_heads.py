@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import pipeline.compat  # noqa: F401
+import models.compat  # noqa: F401
 
 from detectron2.config import instantiate
 from detectron2.modeling.backbone.fpn import FPN

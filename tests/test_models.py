@@ -1,5 +1,7 @@
 """The model registry as a whole: every variant builds, runs forward and backward, and plugs into detectron2."""
 
+import logging
+
 import pytest
 import timm
 import torch
@@ -7,7 +9,7 @@ import torch
 import models
 from pipeline import model_index
 
-import pipeline.compat  # noqa: F401
+import models.compat  # noqa: F401
 
 from detectron2.config import instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
@@ -30,10 +32,31 @@ EXPECTED = {
     "resnext101_64x4d_torchvision",
 }
 FAMILY_REPRESENTATIVES = ["pvt_tiny", "botnet50", "hornet_tiny_gf", "lvt", "patchconvnet_s60"]
+# An alias builds the variant it names; the tests build each network once, under its own name.
+NETWORKS = models.list_models(aliases=False)
 
 
 def test_registry_lists_every_variant():
     assert set(models.list_models()) == EXPECTED
+
+
+def test_aliases_name_registered_variants():
+    # botnet.md §G.3: T3..T6 are S1-59, S1-110, S1-128 at 256, S1-77 at 320.
+    assert models.aliases() == {"botnet_t3": "botnet_s1_59", "botnet_t4": "botnet_s1_110",
+                                "botnet_t5": "botnet_s1_128", "botnet_t6": "botnet_s1_77"}
+    assert set(NETWORKS) == EXPECTED - set(models.aliases())
+
+
+def test_dense_outputs_follow_one_convention():
+    for name in models.list_models():
+        assert [f["name"] for f in models.feature_info(name)] == ["res2", "res3", "res4", "res5"], name
+
+
+# One network per way of deriving its dense outputs: a stride-1 c5, a ResNet under another family's head, a
+# basic-block ResNet (the family representatives are checked in the non-square test below).
+@pytest.mark.parametrize("name", ["botnet_s1_50", "resnet50_attnpool", "resnet18_torchvision"])
+def test_feature_info_comes_from_the_variant_without_building(name):
+    assert models.create(name, features_only=True).feature_info == models.feature_info(name)
 
 
 def test_source_index_agrees_with_the_registry():
@@ -57,7 +80,7 @@ def _size(model):
     return getattr(model, "img_size", (224, 224))
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", NETWORKS)
 def test_forward_and_backward_at_native_resolution(name):
     model = models.create(name, num_classes=10)
     x = torch.randn(1, 3, *_size(model))
@@ -70,6 +93,7 @@ def test_forward_and_backward_at_native_resolution(name):
 @pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
 def test_dense_features_at_a_non_square_detection_size(name):
     model = models.create(name, features_only=True)
+    assert model.feature_info == models.feature_info(name)
     x = torch.randn(1, 3, 800, 1216)
     feats = model(x)
     for f, info in zip(feats, model.feature_info):
@@ -156,3 +180,23 @@ def test_panoptic_fpn_trains_one_step_on_cpu():
     assert {"loss_sem_seg", "loss_mask"} <= set(losses)
     segments, info = out["panoptic_seg"]
     assert segments.shape == (192, 256)
+
+
+@pytest.mark.parametrize("name", [*FAMILY_REPRESENTATIVES, "lvt_cls", "resnet50_attnpool", "resnet50_torchvision"])
+def test_a_checkpoint_looks_like_its_own_family(name):
+    from models._registry import looks_like
+
+    assert looks_like(models.create(name).state_dict()) == models.family(name)
+
+
+def test_a_wrong_family_checkpoint_is_one_short_line(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("models"), "propagate", True)  # an engine's set-up may have cut it
+    torch.save(models.create("hornet_tiny_7x7").state_dict(), tmp_path / "hornet.pth")
+    with caplog.at_level("DEBUG", logger="models"):
+        with pytest.raises(models.CheckpointError) as err:
+            models.create("pvt_tiny", pretrained=tmp_path / "hornet.pth")
+    line = str(err.value)
+    assert "\n" not in line and len(line) < 600
+    assert "does not match pvt_tiny" in line and "in all]" in line and "it looks like a hornet checkpoint" in line
+    # The whole lists go to the log (DEBUG: the engines' log files keep them, the console does not).
+    assert "downsample_layers.3.1.weight" in caplog.text

@@ -5,21 +5,31 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
 from conftest import BIN, PYTHON, ROOT, run
+from pipeline import settings
 from pipeline.preempt import REQUEUE_EXIT
+from pipeline.pretrain import peak_lr
+from pipeline.settings import PretrainSettings
 
 # The DeiT recipe's random pieces (Mixup/CutMix, RandAugment, random erasing) and the EMA, in deterministic mode:
 # the resumed run must replay them exactly.
-SMALL = ["--model", "pvt_tiny", "--steps", "6", "--batch-size", "4", "--img-size", "64",
-         "--checkpoint-every", "2", "--warmup-steps", "1", "--deterministic", "--mixup", "0.8", "--cutmix", "1.0",
-         "--randaugment", "rand-m9-mstd0.5-inc1", "--random-erasing", "0.25", "--ema-decay", "0.99"]
+SMALL = dict(steps=6, batch_size=4, img_size=64, checkpoint_every=2, warmup_steps=1, deterministic=True, mixup=0.8,
+             cutmix=1.0, randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25, ema_decay=0.99)
+
+
+def _engine(data, out, **values):
+    """The engine's command for a settings file written by hand (pvt_tiny, `values` on the defaults)."""
+    settings.for_engine(out / "settings.yaml", "pretrain", "pvt_tiny", **values)
+    return [PYTHON, "-m", "pipeline.pretrain", "--settings", str(out / "settings.yaml"), "--data", str(data),
+            "--work-dir", str(out / "state"), "--output", str(out / "model.pth"), "--metrics",
+            str(out / "metrics.json"), "--log-file", str(out / "log")]
 
 
 def _args(data, out):
-    return [PYTHON, "-m", "pipeline.pretrain", *SMALL, "--data", str(data), "--work-dir", str(out / "state"),
-            "--output", str(out / "model.pth"), "--metrics", str(out / "metrics.json"), "--log-file", str(out / "log")]
+    return _engine(data, out, **SMALL)
 
 
 def test_killed_run_resumes_to_identical_weights(embedded_data, tmp_path):
@@ -71,22 +81,24 @@ def test_killed_run_resumes_to_identical_weights(embedded_data, tmp_path):
 
 def test_changed_settings_start_fresh_and_keep_old_state(embedded_data, tmp_path):
     data = embedded_data / "imagenet-embedded"
-    first = _args(data, tmp_path) + ["--steps", "2", "--lr", "1e-3"]
-    run(first)
-    proc = run(first[:-1] + ["2e-3"])
+    run(_engine(data, tmp_path, **{**SMALL, "steps": 2, "lr": 1e-3}))
+    proc = run(_engine(data, tmp_path, **{**SMALL, "steps": 2, "lr": 2e-3}))
     assert "held state of a different run" in proc.stderr
     assert list(tmp_path.glob("state.stale-*"))
+    # The documented command lists the folders moved aside, and deletes them with --prune.
+    listed = run([PYTHON, "-m", "pipeline", "stale", "--root", str(tmp_path)]).stdout
+    assert "state.stale-" in listed and "1 stale work dirs" in listed
+    assert "deleted" in run([PYTHON, "-m", "pipeline", "stale", "--root", str(tmp_path), "--prune"]).stdout
+    assert not list(tmp_path.glob("state.stale-*")) and (tmp_path / "state").is_dir()
 
 
 def test_non_finite_loss_stops_with_the_step(embedded_data, tmp_path):
     data = embedded_data / "imagenet-embedded"
-    proc = run([PYTHON, "-m", "pipeline.pretrain", "--model", "pvt_tiny", "--steps", "3", "--batch-size", "4",
-                "--img-size", "64", "--lr", "1e30", "--warmup-steps", "0", "--data", str(data),
-                "--work-dir", str(tmp_path / "s"), "--output", str(tmp_path / "m.pth"),
-                "--metrics", str(tmp_path / "m.json")], check=False)
+    proc = run(_engine(data, tmp_path, steps=3, batch_size=4, img_size=64, lr=1e30, lr_batch=4, warmup_steps=0),
+               check=False)
     assert proc.returncode == 1
     assert "loss is" in proc.stderr and "at step" in proc.stderr
-    assert not (tmp_path / "m.pth").exists()
+    assert not (tmp_path / "model.pth").exists()
 
 
 def test_ddp_over_two_processes_matches_one_process(embedded_data, tmp_path):
@@ -94,17 +106,12 @@ def test_ddp_over_two_processes_matches_one_process(embedded_data, tmp_path):
     give the weights one process gets on the whole batch (LayerNorm model, no drop path: nothing per-rank). SGD,
     because Adam's normalisation turns the float noise of zero-in-theory gradients (the key bias) into steps."""
     data = embedded_data / "imagenet-embedded"
-    common = ["--model", "pvt_tiny", "--steps", "2", "--batch-size", "4", "--img-size", "64", "--warmup-steps", "1",
-              "--drop-path-rate", "0", "--checkpoint-every", "1", "--deterministic", "--optimizer", "sgd",
-              "--lr", "0.01", "--data", str(data)]
-
-    def outputs(out):  # --log-file: torchrun would take a bare --log for its own --log-dir
-        return ["--work-dir", str(out / "state"), "--output", str(out / "model.pth"),
-                "--metrics", str(out / "metrics.json"), "--log-file", str(out / "log")]
-
-    run([PYTHON, "-m", "pipeline.pretrain", *common, *outputs(tmp_path / "one")])
-    run([BIN / "torchrun", "--standalone", "--nproc-per-node", "2", "-m", "pipeline.pretrain", *common,
-         *outputs(tmp_path / "two")], env={"OMP_NUM_THREADS": "1"})
+    common = dict(steps=2, batch_size=4, img_size=64, warmup_steps=1, drop_path=0.0, checkpoint_every=1,
+                  deterministic=True, optimizer="sgd", lr=0.01, lr_batch=4)
+    run(_engine(data, tmp_path / "one", **common))
+    # --log-file: torchrun would take a bare --log for its own --log-dir
+    engine = _engine(data, tmp_path / "two", **common)
+    run([BIN / "torchrun", "--standalone", "--nproc-per-node", "2", *engine[1:]], env={"OMP_NUM_THREADS": "1"})
     a = torch.load(tmp_path / "one" / "model.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "two" / "model.pth", weights_only=True)["model"]
     changed = torch.load(tmp_path / "two" / "state" / "last.pth", weights_only=True)["step"]
@@ -125,3 +132,27 @@ def test_randaugment_posterize_at_full_magnitude_keeps_no_bits():
     assert AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)(image).getextrema() == ((0, 0),) * 3
     assert AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=0)(image).getextrema() == ((192, 192), (96, 96),
                                                                                          (48, 48))
+
+
+def test_lr_scales_linearly_with_the_batch():
+    # PVT §5.1: lr 1e-3 at batch 1024 (5e-4 per 512 images, official main.py).
+    assert peak_lr(PretrainSettings("pvt_tiny", lr=5e-4, lr_batch=512, batch_size=1024)) == pytest.approx(1e-3)
+
+
+def test_a_second_trainer_on_the_same_run_stops_in_one_line(embedded_data, tmp_path):
+    """Two trainers never write one run directory at once (as with Snakemake's --nolock, or two machines)."""
+    data = embedded_data / "imagenet-embedded"
+    first = subprocess.Popen(_engine(data, tmp_path, **{**SMALL, "steps": 200}), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and "starting pvt_tiny" not in ((tmp_path / "log").read_text()
+                                                                    if (tmp_path / "log").exists() else ""):
+            time.sleep(0.2)
+        proc = run(_engine(data, tmp_path, **{**SMALL, "steps": 200}), check=False)
+    finally:
+        first.kill()
+        first.wait()
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and f"pid {first.pid} is running this job" in errors[0] and "state" in errors[0]

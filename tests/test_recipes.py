@@ -3,7 +3,7 @@
 import pytest
 
 import models
-from pipeline import recipes, registry
+from pipeline import recipes, registry, tasks
 
 PAPERS = ("pvt", "hornet", "lvt", "patchconvnet", "botnet")
 
@@ -137,4 +137,16 @@ def test_schema_names_the_engine_tasks():
                 walk(v)
 
     walk(schema)
-    assert found and all(sorted(e) == sorted(recipes.TASKS) for e in found)
+    assert found and all(sorted(e) == sorted(tasks.TASKS) for e in found)
+
+
+@pytest.mark.parametrize("field, value, kind", [("lr", -1e-4, "finetune"), ("lr", "1e-4", "pretrain"),
+                                                ("drop_path", 1.5, "pretrain"), ("batch_size", 0.5, "finetune")])
+def test_a_value_of_the_wrong_type_or_out_of_range_is_one_line(tmp_path, field, value, kind):
+    doc = registry.load_yaml(recipes.RECIPES_DIR / f"{kind}.yaml")
+    name = next(iter(doc["recipes"]))
+    doc["recipes"][name]["fields"][field]["value"] = value
+    with pytest.raises(registry.ConfigError) as err:
+        registry.validate(doc, "recipes.schema.yaml", tmp_path / f"{kind}.yaml")
+    line = str(err.value)
+    assert "\n" not in line and f"{kind}.yaml" in line and field in line

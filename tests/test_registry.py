@@ -53,7 +53,10 @@ def _write_bad(tmp_path: Path, mutate) -> Path:
 
 
 def _table4_row(doc):
+    """PVT Table 4's PVT-Tiny 1x row with every field written out (the table's row_defaults in each row)."""
     t = next(t for t in doc["tables"] if t["id"] == "table4")
+    defaults = t.pop("row_defaults", {})
+    t["rows"][:] = [{**defaults, **r} for r in t["rows"]]
     return next(r for r in t["rows"] if r["id"] == "pvt_tiny@1x")
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import BIN, PYTHON, ROOT, copy_project, run
+from pipeline import settings
 
 # One cluster per session: `make test` runs each test file on one pytest-xdist worker (--dist loadfile).
 SETTINGS = {"executor": "slurm", "cpus_per_gpu": 1, "mem_gb_per_gpu": 2, "signal_delay_s": 40, "max_timeouts": 3,
@@ -43,18 +44,20 @@ def _restarts(env, job_id) -> int:
 
 
 def _engine(data, out, steps):
-    return [PYTHON, "-m", "pipeline.pretrain", "--model", "pvt_tiny", "--data", str(data), "--steps", str(steps),
-            "--batch-size", "4", "--img-size", "64", "--warmup-steps", "1", "--checkpoint-every", "1000",
-            "--deterministic", "--work-dir", str(out / "state"), "--output", str(out / "model.pth"),
+    settings.for_engine(out / "settings.yaml", "pretrain", "pvt_tiny", steps=steps, batch_size=4, img_size=64,
+                        warmup_steps=1, checkpoint_every=1000, deterministic=True)
+    return [PYTHON, "-m", "pipeline.pretrain", "--settings", str(out / "settings.yaml"), "--data", str(data),
+            "--work-dir", str(out / "state"), "--output", str(out / "model.pth"),
             "--metrics", str(out / "metrics.json"), "--log-file", str(out / "log")]
 
 
 def _finetune_engine(data, out, iters, gpus):
     """A smoke Mask R-CNN fine-tuning from random weights, `gpus` processes through detectron2's launch."""
-    return [PYTHON, "-m", "pipeline.finetune", "--task", "mask_rcnn", "--backbone", "pvt_tiny", "--pretrained", "",
-            "--data", str(data), "--iters", str(iters), "--batch-size", "2", "--short-side", "128", "--max-size",
-            "192", "--roi-batch-size-per-image", "64", "--rpn-post-nms-topk-train", "200", "--warmup-iters", "1",
-            "--checkpoint-every", "1000", "--gpus", str(gpus), "--work-dir", str(out / "state"), "--output",
+    settings.for_engine(out / "settings.yaml", "finetune", "pvt_tiny", framework="mask_rcnn", iters=iters,
+                        batch_size=2, short_side=[128], max_size=192, roi_batch_size_per_image=64,
+                        rpn_post_nms_topk_train=200, warmup_iters=1, checkpoint_every=1000)
+    return [PYTHON, "-m", "pipeline.finetune", "--settings", str(out / "settings.yaml"), "--pretrained", "",
+            "--data", str(data), "--gpus", str(gpus), "--work-dir", str(out / "state"), "--output",
             str(out / "model.pth"), "--log-file", str(out / "log")]
 
 
@@ -84,11 +87,11 @@ def test_smoke_pretraining_through_the_slurm_profile_requests_a_gpu(slurm, embed
     (project / "cluster-test.yaml").write_text(json.dumps({"cluster": SETTINGS}))
     target = "results/pretrain/imagenet-embedded/pvt_tiny/pvt/seed0/model.pth"
     proc = run([BIN / "snakemake", "--profile", "profiles/slurm", "--configfiles", "config/config.yaml",
-                "cluster-test.yaml", "--config", f"data_root={embedded_data}", "--", target], cwd=project,
-               env=slurm, timeout=900)
+                "cluster-test.yaml", "--config", f"data_root={embedded_data}", "scale=smoke", "--", target],
+               cwd=project, env=slurm, timeout=900)
     assert "launch: submitted slurm job" in proc.stderr
     job_id = _job_id(project / target.rsplit("/", 1)[0])
-    # Smoke jobs ask for one GPU (experiments.SMOKE_RESOURCES); the fake gres shows in the accounting.
+    # Smoke jobs ask for one GPU (jobs.SMOKE_RESOURCES); the fake gres shows in the accounting.
     assert _sacct(slurm, job_id, "State,ReqTRES").startswith("COMPLETED|") and "gres/gpu=1" in _sacct(
         slurm, job_id, "ReqTRES")
     assert (project / target).exists()
@@ -178,11 +181,11 @@ def test_crashed_job_is_reported_with_its_log_within_seconds(slurm, embedded_dat
 def test_restarted_snakemake_attaches_to_the_running_job(slurm, embedded_data, tmp_path):
     project = copy_project(tmp_path / "project")
     # 300 steps (about 90 s with start-up): the job still runs when the second Snakemake starts, however loaded.
-    (project / "cluster-test.yaml").write_text(json.dumps({"cluster": SETTINGS, "smoke": {"pretrain": {
-        "steps": 300, "checkpoint_every": 100}}}))
+    (project / "cluster-test.yaml").write_text(json.dumps({"cluster": SETTINGS, "smoke": {"quick": {"pretrain": {
+        "steps": 300, "checkpoint_every": 100}}}}))
     target = "results/pretrain/imagenet-embedded/pvt_tiny/pvt/seed0/model.pth"
     cmd = [BIN / "snakemake", "--profile", "profiles/slurm", "--configfiles", "config/config.yaml",
-           "cluster-test.yaml", "--config", f"data_root={embedded_data}", "--", target]
+           "cluster-test.yaml", "--config", f"data_root={embedded_data}", "scale=smoke", "--", target]
     env = {**os.environ, "PYTHONPATH": str(project), **slurm}
     first = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)

@@ -28,6 +28,8 @@ def test_one_table_per_task_runs_at_smoke_scale(embedded_data, tmp_path):
         for name in metrics:
             value = row["measured"][name]
             assert isinstance(value, float) and math.isfinite(value), (target, name, value)
-        assert len(row["recipe_sha256"]) == 64
+        assert len(row["settings_sha256"]) == 64
+        for files in row["settings"].values():
+            assert all((project / f).exists() for f in files.values())
     panoptic = json.loads((project / "results/tables/lvt_coco_panoptic.json").read_text())
     assert [r["id"] for r in panoptic["not_run"]] == ["panoptic_fpn_lvt_test_dev"]

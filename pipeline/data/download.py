@@ -45,8 +45,10 @@ class Source:
     size: int | None = None
     md5: str | None = None
     sha256: str | None = None
-    # Environment variables holding "user:password" or a bearer token for hosts that need a login.
+    # Environment variables holding "user:password" or a bearer token for hosts that need a login. They go to the
+    # url's host only (a redirect elsewhere drops them), and over https only unless `credentials_over_http`.
     credentials_env: str | None = None
+    credentials_over_http: bool = False
     # A published checksum list in `sha256sum` format (URL or path), for sources whose hash is not in config.
     checksums: str | None = None
     # Where a person gets the file (named in errors about a missing or wrong copy).
@@ -103,6 +105,19 @@ def file_hash(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
+class _SameHostRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects keep the login only to the host (and scheme) it was given for, as `requests` does; anywhere
+    else the request goes without it."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        auth = req.unredirected_hdrs.get("Authorization")
+        old, to = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
+        if new is not None and auth and (to.hostname, to.port, to.scheme) == (old.hostname, old.port, old.scheme):
+            new.add_unredirected_header("Authorization", auth)
+        return new
+
+
 def _request(source: Source, start: int) -> urllib.request.Request:
     req = urllib.request.Request(source.url, headers={"User-Agent": "backbone-repro"})
     if start:
@@ -112,11 +127,16 @@ def _request(source: Source, start: int) -> urllib.request.Request:
         if not secret:
             raise DownloadError(f"{source.filename}: {source.url} needs a login; set {source.credentials_env} "
                                 "to 'user:password' or a token (or point the config at a local copy)")
-        if ":" in secret:
-            req.add_header("Authorization", "Basic " + base64.b64encode(secret.encode()).decode())
-        else:
-            req.add_header("Authorization", f"Bearer {secret}")
+        if urllib.parse.urlsplit(source.url).scheme != "https" and not source.credentials_over_http:
+            raise DownloadError(f"{source.filename}: refusing to send {source.credentials_env} over plain "
+                                f"{urllib.parse.urlsplit(source.url).scheme} to {source.url}; use its https URL, or "
+                                "set credentials_over_http: true on this source in config/datasets.yaml")
+        value = ("Basic " + base64.b64encode(secret.encode()).decode()) if ":" in secret else f"Bearer {secret}"
+        req.add_unredirected_header("Authorization", value)
     return req
+
+
+_OPENER = urllib.request.build_opener(_SameHostRedirect)
 
 
 def _check_space(dest: Path, needed: int | None) -> None:
@@ -139,22 +159,17 @@ def _download(source: Source, part: Path, retries: int, backoff: float, timeout:
         if source.size is not None and start == source.size:
             return
         try:
-            with urllib.request.urlopen(_request(source, start), timeout=timeout) as resp:
+            with _OPENER.open(_request(source, start), timeout=timeout) as resp:
                 if start and resp.status != 206:  # the server ignored Range: start over
                     start = 0
                 total = source.size or (start + int(resp.headers.get("Content-Length", 0)) or None)
                 if source.size is None and total:  # no published size: check the space the server announces
                     _check_space(part, total - start)
-                with open(part, "ab" if start else "wb") as f, tqdm(
-                        total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                        desc=source.filename, mininterval=1.0, disable=None) as bar:
-                    while chunk := resp.read(CHUNK):
-                        f.write(chunk)
-                        bar.update(len(chunk))
+                _write_body(resp, part, start, total, source)
             size = part.stat().st_size
-            if source.size is None or size >= source.size:
+            if total is None or size == total:
                 return
-            raise ConnectionError(f"connection closed at {size} of {source.size} bytes")
+            raise ConnectionError(f"connection closed at {size} of {total} bytes")
         except urllib.error.HTTPError as e:
             if e.code in (401, 403):
                 raise DownloadError(f"{source.filename}: {source.url} refused access (HTTP {e.code}); check the "
@@ -175,6 +190,23 @@ def _download(source: Source, part: Path, retries: int, backoff: float, timeout:
         wait = backoff * 2 ** (attempt - 1)
         log.warning("%s: %s; retry %d/%d in %.1fs", source.filename, error, attempt, retries, wait)
         time.sleep(wait)
+
+
+def _write_body(resp, part: Path, start: int, total: int | None, source: Source) -> None:
+    """Append the response to `part`, never past `total` (the published size, else the announced length)."""
+    with open(part, "ab" if start else "wb") as f, tqdm(
+            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=source.filename,
+            mininterval=1.0, disable=None) as bar:
+        written = start
+        while chunk := resp.read(CHUNK):
+            if total is not None and written + len(chunk) > total:
+                f.write(chunk[:total - written])
+                raise DownloadError(f"{source.filename}: {source.url} sent more than the {total} bytes "
+                                    f"{'published' if source.size else 'it announced'}; stopped at {total}, check "
+                                    "the URL and the size in config/datasets.yaml")
+            f.write(chunk)
+            written += len(chunk)
+            bar.update(len(chunk))
 
 
 def verify(path: Path, source: Source) -> tuple[str, str] | None:

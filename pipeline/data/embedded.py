@@ -170,7 +170,7 @@ def _voc_to_coco_names() -> dict[str, str]:
 
 
 def _coco_categories() -> list[dict]:
-    import pipeline.compat  # noqa: F401
+    import models.compat  # noqa: F401
     from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
     return [{"id": c["id"], "name": c["name"], "supercategory": ""} for c in COCO_CATEGORIES if c["isthing"]]
@@ -232,7 +232,7 @@ def build_coco(out: Path, labelme: LabelmeExamples) -> None:
 def build_panoptic(instances_json: Path, out: Path, split: str) -> None:
     """COCO panoptic annotations (PNG + segments_info) from instance masks: larger instances are painted
     first, so smaller ones stay visible; pixels outside every instance are unlabeled (id 0)."""
-    import pipeline.compat  # noqa: F401
+    import models.compat  # noqa: F401
     from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
     from pycocotools.coco import COCO
 
@@ -272,7 +272,7 @@ def _write_coco(path: Path, info: dict, images: list, anns: list, categories: li
 
 
 def _voc_to_ade_ids() -> dict[str, int]:
-    import pipeline.compat  # noqa: F401
+    import models.compat  # noqa: F401
     from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
     # ADE150 raw ids are 1-based (0 = unlabeled); match each VOC class to the ADE150 name it means

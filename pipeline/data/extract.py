@@ -21,6 +21,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.io import umask
+
 MARKER = ".extracted"
 
 
@@ -55,9 +57,31 @@ def check_tar(archive: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     return members
 
 
+# A member list that declares more than this many times the archive's size unpacks only past this many bytes
+# (a zip or gzip bomb); real dataset archives hold JPEGs and PNGs (about 1x) and JSON (about 10x). Raise it with
+# BACKBONE_REPRO_MAX_UNPACK_RATIO for an archive you trust.
+MAX_RATIO = 100
+RATIO_FREE_BYTES = 1 << 30
+
+
+def check_size(archive: Path, declared: int, dest: Path) -> None:
+    """Before anything is written: the members' declared total fits the free space at `dest`, and is not a bomb."""
+    ratio_cap = float(os.environ.get("BACKBONE_REPRO_MAX_UNPACK_RATIO", MAX_RATIO))
+    packed = max(archive.stat().st_size, 1)
+    if declared > RATIO_FREE_BYTES and declared > ratio_cap * packed:
+        raise ExtractError(f"{archive}: its members declare {declared:,} bytes from {packed:,} ({declared / packed:.0f}"
+                           f"x, over the {ratio_cap:g}x cap): a decompression bomb or not the published archive; "
+                           "refusing (set BACKBONE_REPRO_MAX_UNPACK_RATIO to unpack an archive you trust)")
+    free = shutil.disk_usage(dest).free
+    if declared > free:
+        raise ExtractError(f"{archive}: unpacks to {declared:,} bytes, {dest} has {free:,} free; free space or set "
+                           "data_root in config/config.yaml to a larger disk")
+
+
 def _extract_tar(archive: Path, dest: Path) -> None:
     with tarfile.open(archive) as tar:
         members = check_tar(archive, tar)
+        check_size(archive, sum(m.size for m in members if m.isfile()), dest)
         # The "data" filter re-checks every member on extraction (paths, links, modes) as a second guard.
         tar.extractall(dest, members=_progress(members, archive), filter="data")
 
@@ -71,6 +95,7 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                                    "refusing")
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
                 raise ExtractError(f"{archive}: member {info.filename!r} is a symlink; refusing")
+        check_size(archive, sum(info.file_size for info in infos), dest)
         bad = zf.testzip()
         if bad is not None:
             raise ExtractError(f"{archive}: member {bad!r} is corrupt (CRC mismatch); delete the archive and "
@@ -89,9 +114,7 @@ def staged_dir(target: Path, marker_text: str = "done") -> Iterator[Path]:
     replaces `target` (a partial tree left by an interrupted run included); otherwise it is removed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide a shared dataset from other users
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 would hide a shared dataset from other users
     try:
         yield tmp
         (tmp / MARKER).write_text(f"{marker_text}\n")

@@ -26,6 +26,12 @@ def build_manifest(root: Path, dataset: str) -> dict:
             "bytes": sum(size for _, size in entries), "index_sha256": index.hexdigest()}
 
 
+def index_hash(manifest: str | Path) -> str | None:
+    """The index checksum a manifest records; None when there is no manifest (yet)."""
+    manifest = Path(manifest)
+    return json.loads(manifest.read_text())["index_sha256"] if manifest.exists() else None
+
+
 def write_manifest(root: Path, dataset: str, out: Path) -> dict:
     manifest = build_manifest(root, dataset)
     atomic_write_text(out, json.dumps(manifest, indent=1) + "\n")

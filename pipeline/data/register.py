@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pipeline.compat  # noqa: F401  (before detectron2)
+import models.compat  # noqa: F401  (before detectron2)
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import builtin, register_coco_instances

@@ -43,7 +43,7 @@ rule publish_embedded:
     wildcard_constraints:
         dataset=_alternation(n for n, d in DATASETS.items() if d.embedded),
     shell:
-        "{PYTHON} -m pipeline.data publish {wildcards.dataset} --data-root {DATA} --log-file {log}"
+        "{PYTHON:q} -m pipeline.data publish {wildcards.dataset:q} --data-root {DATA:q} --log-file {log:q}"
 
 
 rule download:
@@ -54,7 +54,8 @@ rule download:
     log:
         "logs/download/{dataset}/{archive}.log",
     shell:
-        "{PYTHON} -m pipeline.data download {wildcards.dataset} {wildcards.archive} --data-root {DATA} --log-file {log}"
+        "{PYTHON:q} -m pipeline.data download {wildcards.dataset:q} {wildcards.archive:q} --data-root {DATA:q}"
+        " --log-file {log:q}"
 
 
 rule verify:
@@ -65,7 +66,8 @@ rule verify:
     log:
         "logs/verify/{dataset}/{archive}.log",
     shell:
-        "{PYTHON} -m pipeline.data verify {wildcards.dataset} {wildcards.archive} --data-root {DATA} --log-file {log}"
+        "{PYTHON:q} -m pipeline.data verify {wildcards.dataset:q} {wildcards.archive:q} --data-root {DATA:q}"
+        " --log-file {log:q}"
 
 
 rule extract:
@@ -78,7 +80,8 @@ rule extract:
     params:
         archive=_archive_of,
     shell:
-        "{PYTHON} -m pipeline.data extract {wildcards.dataset} {params.archive} --data-root {DATA} --log-file {log}"
+        "{PYTHON:q} -m pipeline.data extract {wildcards.dataset:q} {params.archive:q} --data-root {DATA:q}"
+        " --log-file {log:q}"
 
 
 rule prepare:
@@ -89,4 +92,4 @@ rule prepare:
     log:
         "logs/prepare/{dataset}.log",
     shell:
-        "{PYTHON} -m pipeline.data prepare {wildcards.dataset} --data-root {DATA} --log-file {log}"
+        "{PYTHON:q} -m pipeline.data prepare {wildcards.dataset:q} --data-root {DATA:q} --log-file {log:q}"

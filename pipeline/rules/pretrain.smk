@@ -1,49 +1,58 @@
-# ImageNet pretraining, one job per backbone, recipe and seed; resumable state lives in the undeclared state/
-# dir beside the outputs. Baselines whose ImageNet weights the user supplies are imported, not trained.
+# ImageNet pretraining, one job per backbone, recipe and seed: its settings file is resolved first, then the
+# engine runs from it; resumable state lives in the undeclared state/ dir beside the outputs. Baselines whose
+# ImageNet weights the user supplies are imported, not trained.
+
+PRETRAIN_DIR = paths.pretrain_dir("{dataset}", "{backbone}", "{recipe}", "{seed}")
 
 
-PRETRAIN_DIR = experiments.pretrain_dir("{dataset}", "{backbone}", "{recipe}", "{seed}")
-
-
-def pretrain_settings(wildcards) -> str:
-    if wildcards.recipe == "demo":
-        return experiments.flags(DEMO["pretrain"])
-    return experiments.flags(experiments.pretrain_settings(wildcards.recipe, wildcards.backbone, scale_of(wildcards),
-                                                           config["smoke"]["pretrain"], int(wildcards.seed)))
+rule resolve_pretrain_settings:
+    input:
+        manifest=data_sources.manifest(DATA, "{dataset}"),
+    output:
+        paths.settings(PRETRAIN_DIR),
+    wildcard_constraints:
+        dataset="|".join(SCALE_DATASETS),
+        recipe="|".join(recipes.load("pretrain")),
+    params:
+        settings_sha256=settings_digest("pretrain"),
+    localrule: True
+    run:
+        write_settings("pretrain", output, wildcards)
 
 
 rule pretrain:
     input:
-        manifest=f"{DATA}/{{dataset}}.manifest.json",
+        settings=paths.settings(PRETRAIN_DIR),
     output:
-        model=f"{PRETRAIN_DIR}/model.pth",
-        metrics=f"{PRETRAIN_DIR}/metrics.json",
+        model=paths.output(PRETRAIN_DIR, "pretrain"),
+        metrics=f"{PRETRAIN_DIR}/{paths.PRETRAIN_METRICS}",
     log:
-        "logs/pretrain/{dataset}/{backbone}/{recipe}/seed{seed}.log",
-    wildcard_constraints:
-        recipe="|".join([*recipes.load("pretrain"), "demo"]),
+        paths.log("pretrain", PRETRAIN_DIR),
     params:
-        settings=pretrain_settings,
-        work_dir=lambda wc: f"{PRETRAIN_DIR.format(**wc)}/state",
+        work_dir=lambda wc: paths.state(PRETRAIN_DIR.format(**wc)),
         run_dir=lambda wc: PRETRAIN_DIR.format(**wc),
     resources:
         **resources_of("pretrain"),
     shell:
-        "{LAUNCH} --run-dir {params.run_dir} --gpus {resources.gpu} --nodes {resources.nodes}"
-        " --minutes {resources.runtime} --output {output.model} --output {output.metrics} --"
-        " {PYTHON} -m pipeline.pretrain --model {wildcards.backbone} --data {DATA}/{wildcards.dataset}"
-        " --work-dir {params.work_dir} --output {output.model} --metrics {output.metrics}"
-        " --log-file {log} {params.settings}"
+        "{LAUNCH} --run-dir {params.run_dir:q} --gpus {resources.gpu} --nodes {resources.nodes}"
+        " --minutes {resources.runtime} --output {output.model:q} --output {output.metrics:q} --"
+        " {PYTHON:q} -m pipeline.pretrain --settings {input.settings:q} --work-dir {params.work_dir:q}"
+        " --output {output.model:q} --metrics {output.metrics:q} --log-file {log:q}"
+
+
+IMPORT_DIR = paths.pretrain_dir("{dataset}", "{backbone}", targets.SUPPLIED, "{seed}")
 
 
 rule import_weights:
     output:
-        model=f"{experiments.pretrain_dir('{dataset}', '{backbone}', experiments.SUPPLIED, '{seed}')}/model.pth",
+        model=paths.output(IMPORT_DIR, "import_weights"),
     log:
-        "logs/import_weights/{dataset}/{backbone}/seed{seed}.log",
+        paths.log("import_weights", IMPORT_DIR),
+    wildcard_constraints:
+        dataset="|".join(SCALE_DATASETS),
     params:
         source=lambda wc: config["pretrained_weights"].get(wc.backbone, ""),
-        smoke=lambda wc: "--allow-random" if scale_of(wc) == "smoke" else "",
+        smoke="--allow-random" if SCALE == "smoke" else "",
     shell:
-        "{PYTHON} -m pipeline.weights --backbone {wildcards.backbone} --source '{params.source}'"
-        " --output {output.model} --seed {wildcards.seed} {params.smoke} --log-file {log}"
+        "{PYTHON:q} -m pipeline.weights --backbone {wildcards.backbone} --source {params.source:q}"
+        " --output {output.model:q} --seed {wildcards.seed} {params.smoke} --log-file {log:q}"

@@ -1,6 +1,6 @@
 """Make detectron2 v0.6 (installed as pure Python) import and run on torch 2.13 / numpy 2 / Pillow 13.
 
-Import this module before anything from detectron2; `pipeline` and `models` do so themselves.
+Import this module before anything from detectron2; `models` and `pipeline` do so themselves.
 Each shim below is one item of the compatibility list in the README ("Environment"):
 
 1. `detectron2._C` is absent (no compiled ops). A stand-in module lets detectron2 import; using one

@@ -1,8 +1,8 @@
-"""pipeline/tables.py: registry metric names from measured ones."""
+"""pipeline/gather.py: registry metric names from measured ones."""
 
 import pytest
 
-from pipeline.tables import measured_value
+from pipeline.gather import measured_value
 
 
 def test_registry_names_derive_from_measured_metrics():

@@ -1,7 +1,7 @@
 """Gather one paper table: every row's measured metrics (keyed like the registry), beside the paper's numbers,
-with the recipe hash and the code version that produced them.
+with the settings files of the jobs that measured them (and a hash over their values) and the code version.
 
-    python -m pipeline.tables --target pvt_table5 --scale smoke --seeds 0 --data-root data \
+    python -m pipeline.gather --target pvt_table5 --scale smoke --seeds 0 --data-root data \
         --out results/tables/pvt_table5.json
 """
 
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import experiments, recipes, registry
+from pipeline import jobs, registry, settings, targets
 from pipeline.data import sources
 from pipeline.io import atomic_write_json
 from pipeline.logs import setup_logging
@@ -35,14 +35,10 @@ def code_version() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def recipe_hash(run: experiments.Run) -> str:
-    """SHA-256 over the resolved recipe values the run's jobs use (pretraining and fine-tuning)."""
-    parts = {}
-    if run.pretrain != experiments.SUPPLIED:
-        parts["pretrain"] = recipes.pretrain(run.pretrain, run.backbone)
-    if run.recipe:
-        parts["finetune"] = recipes.finetune(run.recipe, run.backbone, run.schedule)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+def settings_hash(files: list[str]) -> str:
+    """SHA-256 over the values the run's jobs ran with, as their settings files record them."""
+    values = {str(f): settings.read(f)["values"] for f in files}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
 def _numbers(path: str) -> dict:
@@ -71,44 +67,48 @@ def measured_value(name: str, run_metrics: dict, baseline_metrics: dict | None):
     return None
 
 
+def _metrics_of(found: list[jobs.Job]) -> dict:
+    out = {}
+    for job in found:
+        if job.metrics:
+            out.update(_numbers(job.metrics))
+    return out
+
+
+def _row(run: targets.Run, paper_row: dict, scale: str, datasets: dict, seeds: list[int]) -> dict:
+    per_seed, everything, files = {}, {}, {}
+    for seed in seeds:
+        found = jobs.run_jobs(run, scale, datasets, seed)
+        everything[seed] = _metrics_of(found)
+        base = _metrics_of(jobs.run_jobs(run.with_backbone(run.baseline), scale, datasets, seed)) \
+            if run.baseline else None
+        per_seed[seed] = {name: measured_value(name, everything[seed], base) for name in paper_row["metrics"]}
+        files[seed] = {job.rule: job.settings for job in found if job.settings}  # job -> the file it ran with
+    measured = {}
+    for name in paper_row["metrics"]:
+        values = [per_seed[s][name] for s in seeds if per_seed[s][name] is not None]
+        measured[name] = statistics.fmean(values) if values else None
+    return {
+        "id": run.row, "row": paper_row["row"], "backbone": run.backbone, "pretrain": run.pretrain,
+        "recipe": run.recipe, "schedule": run.schedule, "baseline": run.baseline,
+        "paper": paper_row["metrics"], "measured": measured,
+        "per_seed": {str(s): per_seed[s] for s in seeds},
+        "all_measured": {str(s): everything[s] for s in seeds},
+        "settings": {str(s): files[s] for s in seeds},
+        "settings_sha256": settings_hash([f for s in seeds for f in files[s].values()]),
+        "evidence": paper_row["evidence"], "source": paper_row["source"],
+    }
+
+
 def gather(target: str, scale: str, seeds: list[int], data_root: str) -> dict:
-    exp = experiments.experiments()[target]
+    exp = targets.experiments()[target]
     datasets = sources.datasets(data_root)
-    table = registry.table(exp.paper, exp.table)
-    paper_rows = {r["id"]: r for r in table["rows"]}
-
-    def metrics_of(run, seed):
-        out = {}
-        for path in experiments.run_outputs(run, scale, datasets, seed).values():
-            out.update(_numbers(path))
-        return out
-
-    rows = []
-    for run in exp.runs:
-        paper_row = paper_rows[run.row]
-        per_seed, everything = {}, {}
-        for seed in seeds:
-            everything[seed] = metrics_of(run, seed)
-            base = metrics_of(run.with_backbone(run.baseline), seed) if run.baseline else None
-            per_seed[seed] = {name: measured_value(name, everything[seed], base) for name in paper_row["metrics"]}
-        measured = {}
-        for name in paper_row["metrics"]:
-            values = [per_seed[s][name] for s in seeds if per_seed[s][name] is not None]
-            measured[name] = statistics.fmean(values) if values else None
-        rows.append({
-            "id": run.row, "row": paper_row["row"], "backbone": run.backbone, "pretrain": run.pretrain,
-            "recipe": run.recipe, "schedule": run.schedule, "baseline": run.baseline,
-            "paper": paper_row["metrics"], "measured": measured,
-            "per_seed": {str(s): per_seed[s] for s in seeds},
-            "all_measured": {str(s): everything[s] for s in seeds},
-            "recipe_sha256": recipe_hash(run),
-            "evidence": paper_row["evidence"], "source": paper_row["source"],
-        })
+    paper_rows = {r["id"]: r for r in registry.table(exp.paper, exp.table)["rows"]}
     return {
         "target": target, "paper": exp.paper, "table": exp.table, "title": exp.title,
         "number": {"value": exp.number, "verified": exp.verified, "note": exp.number_note},
         "scale": scale, "seeds": seeds, "code_version": code_version(),
-        "rows": rows,
+        "rows": [_row(run, paper_rows[run.row], scale, datasets, seeds) for run in exp.runs],
         "not_run": [{"id": rid, "row": paper_rows[rid]["row"], "why": why} for rid, why in exp.skipped],
     }
 
@@ -116,13 +116,13 @@ def gather(target: str, scale: str, seeds: list[int], data_root: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="gather a paper table's measured metrics into one JSON")
     parser.add_argument("--target", required=True)
-    parser.add_argument("--scale", default="full", choices=experiments.SCALES)
+    parser.add_argument("--scale", default="full", choices=jobs.SCALES)
     parser.add_argument("--seeds", default="0", help="comma-separated")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--out", required=True)
     parser.add_argument("--log-file", help="also write the log to this file")
     args = parser.parse_args(argv)
-    log = setup_logging(args.log_file, "tables")
+    log = setup_logging(args.log_file, "gather")
     try:
         doc = gather(args.target, args.scale, [int(s) for s in args.seeds.split(",")], args.data_root)
     except (registry.ConfigError, FileNotFoundError, KeyError) as e:

@@ -1,12 +1,12 @@
-"""Paper tables as Snakemake targets: every target's DAG, `table<N>` resolution, not-reproduced tables, and the
-settings each job gets at full and smoke scale."""
+"""Paper tables as Snakemake targets (pipeline/targets.py, pipeline/jobs.py): every target's DAG, `table<N>`
+resolution, not-reproduced tables, the datasets each scale reads."""
 
 import re
 
 import pytest
 
 from conftest import BIN, ROOT, copy_project, job_counts, run
-from pipeline import experiments, registry
+from pipeline import jobs, registry, targets
 from pipeline.data import sources
 
 
@@ -26,17 +26,17 @@ def _outputs(stdout: str) -> set[str]:
 
 
 def test_every_reproducible_table_has_a_dag(project):
-    targets = sorted(experiments.reproducible())
-    proc = _dry_run(project, *targets)
+    names = sorted(targets.reproducible())
+    proc = _dry_run(project, *names)
     counts = job_counts(proc.stdout)
-    assert counts["gather_table"] == len(targets)
-    assert all(counts[t] == 1 for t in targets)
+    assert counts["gather_table"] == len(names)
+    assert all(counts[t] == 1 for t in names)
     # PVT's tables are numbered in the paper: pvt_table2 ... pvt_table11, less the two without a framework.
-    assert {t for t in targets if t.startswith("pvt_")} == {f"pvt_table{n}" for n in (2, 3, 4, 5, 8, 9, 10, 11)}
+    assert {t for t in names if t.startswith("pvt_")} == {f"pvt_table{n}" for n in (2, 3, 4, 5, 8, 9, 10, 11)}
     for name in ("hornet_imagenet", "hornet_coco_cascade", "hornet_ade20k_upernet", "botnet_coco_schedules",
                  "botnet_vs_nonlocal", "lvt_ade20k", "lvt_coco_panoptic", "patchconvnet_imagenet",
                  "patchconvnet_resnet50_attnpool"):
-        assert name in targets
+        assert name in names
 
 
 def test_pvt_table4_is_four_pvt_variants_and_five_resnets_at_1x_and_3x(project):
@@ -81,16 +81,16 @@ def test_not_reproduced_table_says_why_in_one_line(project):
 
 
 def test_every_row_of_a_targeted_table_is_run_or_says_why():
-    for exp in experiments.experiments().values():
+    for exp in targets.experiments().values():
         table = registry.table(exp.paper, exp.table)
         assert len(exp.runs) + len(exp.skipped) == len(table["rows"]), exp.target
         assert all(why.strip() for _, why in exp.skipped)
 
 
 def test_baselines_without_a_recipe_use_supplied_weights():
-    assert experiments.default_pretrain("resnet50_torchvision") == experiments.SUPPLIED
-    assert experiments.default_pretrain("pvt_tiny") == "pvt"
-    assert experiments.default_pretrain("resnet50_baseline") == "botnet"
+    assert targets.default_pretrain("resnet50_torchvision") == targets.SUPPLIED
+    assert targets.default_pretrain("pvt_tiny") == "pvt"
+    assert targets.default_pretrain("resnet50_baseline") == "botnet"
 
 
 def test_missing_user_weights_fail_in_one_line_with_the_fix(tmp_path):
@@ -101,33 +101,18 @@ def test_missing_user_weights_fail_in_one_line_with_the_fix(tmp_path):
     assert len(lines) == 1 and "pretrained_weights.resnet50_torchvision" in lines[0]
 
 
-def test_smoke_settings_shrink_length_and_sizes_only():
-    smoke = registry.load_yaml(registry.CONFIG_DIR / "config.yaml")["smoke"]
-    full = experiments.finetune_settings("pvt_mask_rcnn", "pvt_tiny", "3x_ms", "full", smoke["finetune"], 0)
-    small = experiments.finetune_settings("pvt_mask_rcnn", "pvt_tiny", "3x_ms", "smoke", smoke["finetune"], 0)
-    assert (full["epochs"], full["steps"], full["short_side"], full["sample"]) == (36, [27, 33], [640, 800], "range")
-    assert small["iters"] == smoke["finetune"]["iters"] and "epochs" not in small
-    for key in ("task", "optimizer", "lr", "weight_decay", "warmup_ratio"):
-        assert small[key] == full[key]
-    seg = experiments.finetune_settings("pvt_semantic_fpn", "pvt_tiny", "80k", "full", smoke["finetune"], 0)
-    # mmseg's ADE20K rescale: short side 512 x [0.5, 2.0], long side 2048 x 2.0, then a 512 crop (PVT §5.3).
-    assert (seg["short_side"], seg["max_size"], seg["crop"], seg["poly_power"]) == ([256, 1024], 4096, 512, 0.9)
-    pre = experiments.pretrain_settings("pvt", "pvt_tiny", "full", smoke["pretrain"], 0)
-    assert (pre["epochs"], pre["batch_size"], pre["lr"]) == (300, 1024, pytest.approx(1e-3))  # PVT §5.1
-
-
 def test_smoke_datasets_are_the_embedded_ones():
     ds = sources.datasets("data")
-    assert experiments.dataset("coco", "smoke", ds) == "coco-embedded"
-    assert experiments.dataset("ade20k", "full", ds) == "ade20k"
+    assert jobs.dataset("coco", "smoke", ds) == "coco-embedded"
+    assert jobs.dataset("ade20k", "full", ds) == "ade20k"
     with pytest.raises(registry.ConfigError, match="'scale'"):
-        experiments.dataset("coco", "tiny", ds)
+        jobs.dataset("coco", "tiny", ds)
 
 
 def test_user_weights_only_for_models_the_pipeline_does_not_pretrain():
-    experiments.check_supplied_weights({"resnet50_torchvision": "/w/resnet50.pth"})
+    targets.check_supplied_weights({"resnet50_torchvision": "/w/resnet50.pth"})
     with pytest.raises(registry.ConfigError, match="pretrained_weights.pvt_tiny.*resnet50_torchvision"):
-        experiments.check_supplied_weights({"pvt_tiny": "/w/pvt_tiny.pth"})
+        targets.check_supplied_weights({"pvt_tiny": "/w/pvt_tiny.pth"})
 
 
 @pytest.mark.parametrize("profile", ["profiles/local", "profiles/slurm"])
@@ -146,3 +131,21 @@ def test_slurm_profile_dry_run_lists_each_job_with_its_gpus(project):
     finetune = [b for b in proc.stdout.split("\n\n") if "rule finetune:" in b]
     assert finetune and all("gpu=4, nodes=1" in b for b in finetune)
     assert "gpu=8, nodes=1" in next(b for b in proc.stdout.split("\n\n") if "rule pretrain:" in b)
+
+
+def test_a_config_value_holding_a_shell_command_is_data(project):
+    """Rule commands quote what they interpolate: the value reaches the job as a (missing) file name."""
+    (project / "inject.yaml").write_text("pretrained_weights:\n  resnet50_torchvision: \"'; touch injected; '\"\n")
+    target = "results/pretrain/imagenet/resnet50_torchvision/supplied/seed0/model.pth"
+    proc = run([BIN / "snakemake", "--profile", "profiles/local", "--configfiles", "config/config.yaml",
+                "inject.yaml", "--config", "data_root=data", "--", target], cwd=project, check=False)
+    assert proc.returncode != 0
+    assert not (project / "injected").exists() and not list(project.rglob("injected"))
+    assert "'; touch injected; ': checkpoint file not found" in proc.stdout + proc.stderr
+
+
+def test_an_unknown_backbone_in_a_path_target_is_one_line(project):
+    proc = _dry_run(project, "results/pretrain/imagenet/pvt_tinyy/pvt/seed0/model.pth", check=False)
+    assert proc.returncode != 0
+    line = next(l for l in (proc.stdout + proc.stderr).splitlines() if "unknown backbone" in l)
+    assert "'pvt_tinyy'" in line and "pvt_tiny," in line
