@@ -7,9 +7,18 @@
 #   snakemake ... --config scale=smoke                             every job shrunk onto the embedded data
 # Rule files live in pipeline/rules/, one per stage.
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
+from pipeline import registry
+
 min_version("9.0")
+
+# Snakemake's own message for a YAML error names no line; this one names the file and line.
+try:
+    registry.load_yaml(registry.CONFIG_DIR / "config.yaml")
+except registry.ConfigError as e:
+    raise WorkflowError(str(e)) from None
 
 
 configfile: "config/config.yaml"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline import registry, settings
 from pipeline.data import sources
+from pipeline.data.extract import MARKER
 from pipeline.data.manifest import index_hash
 from pipeline.io import RunLocked, claim_work_dir, lock_run
 from pipeline.logs import setup_logging
@@ -50,7 +51,20 @@ def load(args, job: str, log):
     data = args.data or (settings.read(args.settings).get("dataset") or {}).get("root")
     if not data:
         raise TrainingError(f"{args.settings}: no dataset.root; give --data")
+    check_data(Path(data))
     return cfg, Path(data)
+
+
+def check_data(data: Path) -> None:
+    """The prepared dataset is there: a manifest whose files were deleted (or a prepare cut short) is named with
+    the way to prepare it again."""
+    manifest = Path(sources.manifest(str(data.parent), data.name))
+    if manifest.exists() and not (data / MARKER).is_file():
+        raise TrainingError(f"{data}: prepared data missing or incomplete, though its manifest {manifest} exists; "
+                            "delete the manifest and run the target again (it re-runs prepare)")
+    if not data.is_dir():
+        raise TrainingError(f"{data}: no prepared dataset there; run the target through snakemake (it prepares the "
+                            "data) or give --data")
 
 
 def logger(name: str, log_file: str | None, rank: int):

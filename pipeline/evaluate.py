@@ -24,7 +24,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvalua
 from models import CheckpointError, load_file
 from pipeline import engine, registry
 from pipeline.detection import build_model, device, register
-from pipeline.io import atomic_write_json
+from pipeline.io import DiskFull, atomic_write_json
 from pipeline.logs import setup_logging
 from pipeline.panoptic_quality import PanopticQualityEvaluator
 from pipeline.settings import EvaluateSettings, FinetuneSettings
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     try:
         cfg, data = engine.load(args, "evaluate", log)
         evaluate(cfg, str(args.checkpoint), str(data), str(args.metrics), str(args.work_dir), args.log_file)
-    except (engine.TrainingError, registry.ConfigError, CheckpointError) as e:
+    except (engine.TrainingError, registry.ConfigError, CheckpointError, DiskFull) as e:
         log.error("%s", e)
         return 1
     return 0

@@ -48,7 +48,7 @@ from pipeline import engine
 from models.compat import distributed_launch
 from pipeline.detection import AtomicCheckpointer, build_model, device, pretrain_img_size, register
 from pipeline.engine import TrainingError
-from pipeline.io import atomic_torch_save, weights_digest
+from pipeline.io import DiskFull, atomic_torch_save, weights_digest
 from pipeline.logs import setup_logging
 from pipeline.preempt import REQUEUE_EXIT, Requeue, StopSignal
 from pipeline.settings import FinetuneSettings
@@ -294,6 +294,18 @@ def _trainer(cfg: FinetuneSettings, model: nn.Module, dicts: list, iters: int, m
     return ClippedTrainer(net, build_train_loader(cfg, dicts), optimizer, cfg.clip_grad), scheduler
 
 
+def _keep_resumed(checkpointer: AtomicCheckpointer, periodic, log) -> None:
+    """The periodic states earlier processes left (and one saved on a stop signal) give way to the one resumed
+    from, which the periodic checkpointer then replaces: a killed and resumed run keeps as many as an
+    uninterrupted one."""
+    resumed = Path(checkpointer.get_checkpoint_file())
+    for path in sorted(resumed.parent.glob("model_[0-9]*.pth")):
+        if path.name != resumed.name:
+            path.unlink()
+            log.info("removed %s, an earlier state of this run", path.name)
+    periodic.recent_checkpoints = [] if resumed.name == "model_final.pth" else [str(resumed)]
+
+
 def finetune(cfg: FinetuneSettings, files: RunFiles) -> None:
     """One process's part of the run (all of it with one process)."""
     stop = StopSignal()
@@ -307,10 +319,11 @@ def finetune(cfg: FinetuneSettings, files: RunFiles) -> None:
     model.train()
     trainer, scheduler = _trainer(cfg, model, dicts, iters, milestones, world)
     checkpointer = AtomicCheckpointer(model, files.work_dir, trainer=trainer)
+    periodic = hooks.PeriodicCheckpointer(checkpointer, cfg.checkpoint_every, max_iter=iters, max_to_keep=1)
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=scheduler),
-        hooks.PeriodicCheckpointer(checkpointer, cfg.checkpoint_every, max_iter=iters, max_to_keep=1),
+        periodic,
         StopOnSignal(stop, checkpointer, iters, log),
         *([hooks.PeriodicWriter([JSONWriter(f"{files.work_dir}/metrics.json")], period=1),
            ProgressBar(iters, f"finetune {cfg.backbone} {cfg.framework}")] if rank == 0 else []),
@@ -319,6 +332,8 @@ def finetune(cfg: FinetuneSettings, files: RunFiles) -> None:
     if checkpointer.has_checkpoint():
         checkpointer.resume_or_load(None, resume=True)
         start_iter = trainer.iter + 1
+        if rank == 0:
+            _keep_resumed(checkpointer, periodic, log)
         log.info("resuming from %s after iteration %d of %d", checkpointer.get_checkpoint_file(), start_iter, iters)
     else:
         log.info("starting %s %s from %s: %d iterations (lr steps at %s), batch %d over %d process(es) on %s, "
@@ -341,7 +356,7 @@ def run(cfg: FinetuneSettings, files: RunFiles) -> int:
     code = 0
     try:
         finetune(cfg, files)
-    except (FileNotFoundError, CheckpointError, TrainingError) as e:
+    except (FileNotFoundError, CheckpointError, TrainingError, DiskFull) as e:
         setup_logging(files.log_file, "finetune").error("%s", e)
         code = 1
     except Requeue:

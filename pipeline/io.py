@@ -29,9 +29,14 @@ def umask() -> int:
     return mask
 
 
+class DiskFull(Exception):
+    """A save that ran out of space; the message names the file, the folder and the fix."""
+
+
 @contextmanager
 def atomic_path(target: str | Path):
-    """Yield a temporary path in the target's directory; on success it replaces `target` atomically."""
+    """Yield a temporary path in the target's directory; on success it replaces `target` atomically. A full disk
+    leaves the previous `target` as it was and raises `DiskFull`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -44,9 +49,30 @@ def atomic_path(target: str | Path):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except (OSError, RuntimeError) as e:
+        if not _out_of_space(e, target.parent):
+            raise
+        raise DiskFull(f"{target}: no space left in {target.parent} while saving it ({_free(target.parent):,} bytes "
+                       f"free); {'the previous file is kept; ' if target.exists() else ''}free space and run again "
+                       "(a training run resumes from its last saved state)") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _out_of_space(error: Exception, folder: Path) -> bool:
+    """ENOSPC or a quota, or (torch.save reports a short write as a RuntimeError) a folder with under 1 MiB free."""
+    import errno
+
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return _free(folder) < (1 << 20)
+
+
+def _free(folder: Path) -> int:
+    import shutil
+
+    return shutil.disk_usage(folder).free
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:
@@ -91,26 +117,59 @@ class RunLocked(Exception):
 _HELD: list[int] = []  # lock files this process holds until it exits
 
 
+def _lock_file(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+
+
+def _holder(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+
+
+def _mark_held(fd: int) -> None:
+    import socket
+
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}".encode(), 0)
+
+
 def lock_run(path: str | Path) -> None:
     """Hold an exclusive lock on `path` (created if needed) until this process exits, so that two trainers never
     write one run directory at once, Snakemake's --nolock or two machines on a shared filesystem included (POSIX
     record locks, which NFS honours)."""
     import fcntl
-    import socket
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _lock_file(path)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        holder = _holder(fd)
         os.close(fd)
         raise RunLocked(f"{path.with_suffix('')}: {holder} is running this job; wait for it to end or stop it "
                         "first") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"host {socket.gethostname()} pid {os.getpid()}".encode())
+    _mark_held(fd)
     _HELD.append(fd)
+
+
+@contextmanager
+def waiting_lock(path: str | Path, log):
+    """Hold an exclusive lock on `path` for the block, waiting (and saying for whom) while another process holds
+    it: two runs sharing a data root take turns at each step, and the second finds the step done."""
+    import fcntl
+
+    fd = _lock_file(Path(path))
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info("waiting for %s, which holds %s", _holder(fd), path)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        _mark_held(fd)
+        yield
+    finally:
+        os.close(fd)
 
 
 def claim_work_dir(work_dir: str | Path, fingerprint: dict, log) -> bool:

@@ -23,8 +23,13 @@ config's `cluster:` section (config/config.yaml, overridden by profiles/slurm/cl
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import io
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,8 +52,10 @@ class EngineTask:
     On SLURM's USR2 submitit calls `checkpoint`: the child (signalled too) saves and exits, then the job is
     requeued with this same task. `threads`: CPU threads for each GPU process."""
 
-    def __init__(self, command: list[str], cwd: str, stop_wait_s: float, threads: int):
+    def __init__(self, command: list[str], cwd: str, stop_wait_s: float, threads: int, outputs: list[str],
+                 kept: str):
         self.command, self.cwd, self.stop_wait_s, self.threads = command, cwd, stop_wait_s, threads
+        self.outputs, self.kept = outputs, kept
         self.child: subprocess.Popen | None = None
 
     def __call__(self) -> int:
@@ -76,6 +83,8 @@ class EngineTask:
             time.sleep(60)
         if code:
             raise LaunchError(f"{' '.join(self.command[:3])} ... exited {code} in job {job.job_id}")
+        if job.global_rank == 0:
+            keep_outputs(self.outputs, Path(self.kept))
         return code
 
     def checkpoint(self):
@@ -91,7 +100,8 @@ class EngineTask:
             self._signal(signal.SIGKILL)
             while self.child.poll() is None:
                 time.sleep(0.2)
-        return submitit.helpers.DelayedSubmission(EngineTask(self.command, self.cwd, self.stop_wait_s, self.threads))
+        return submitit.helpers.DelayedSubmission(EngineTask(self.command, self.cwd, self.stop_wait_s, self.threads,
+                                                             self.outputs, self.kept))
 
     def _signal(self, signum: int) -> None:
         try:
@@ -100,10 +110,51 @@ class EngineTask:
             pass
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def keep_outputs(outputs: list[str], kept: Path) -> None:
+    """Hard links (no extra space) to a completed job's outputs, from which a restarted Snakemake that removed
+    them as incomplete gets them back without running the job again."""
+    kept.mkdir(parents=True, exist_ok=True)
+    for i, output in enumerate(outputs):
+        link = kept / f"{i}-{Path(output).name}"
+        link.unlink(missing_ok=True)
+        _link_or_copy(Path(output), link)
+
+
+def restore_outputs(outputs: list[str], kept: Path) -> bool:
+    """Put back the outputs `keep_outputs` kept; False when one is not there."""
+    links = [kept / f"{i}-{Path(output).name}" for i, output in enumerate(outputs)]
+    if not all(link.is_file() for link in links):
+        return False
+    for link, output in zip(links, outputs):
+        if not Path(output).exists():
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(link, Path(output))
+    return True
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+PROGRESS = re.compile(r"\d+%\||\d(it|s)/(s|it)\]|^\s*$")
+
+
+def engine_tail(path: Path, lines: int = 15) -> str:
+    """The last lines the engine wrote in a job's log: progress-bar frames and submitit's traceback left out."""
     if not path.exists():
         return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    kept, in_traceback = [], False
+    for line in re.split(r"[\r\n]+", path.read_text(errors="replace")):
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+        elif in_traceback and not line.startswith((" ", "\t")):
+            in_traceback = False  # the exception's own line ends the traceback
+        elif not in_traceback and not PROGRESS.search(line) and not line.startswith("submitit "):
+            kept.append(line)
+    return "\n".join(kept[-lines:])
 
 
 def _state(job) -> str:
@@ -125,30 +176,68 @@ def run_local(command: list[str], tasks: int) -> int:
     return subprocess.run(command).returncode
 
 
+def job_name(run_dir: Path, name: str) -> str:
+    """The SLURM job name: `name` and a key of the run folder, by which a restart finds the job whose record was
+    never written (Snakemake killed between the submission and the record)."""
+    return f"{name}.{hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:10]}"
+
+
+def _inputs(command: list[str], outputs: list[str]) -> str:
+    """What the command runs on: its arguments, and the size and modification time of each file it names (less
+    its outputs and log); a completed job is reused only for the same."""
+    files = {}
+    for i, arg in enumerate(command):
+        if arg not in outputs and command[i - 1:i] != ["--log-file"] and os.path.isfile(arg):
+            stat = os.stat(arg)
+            files[arg] = [stat.st_size, stat.st_mtime_ns]
+    return hashlib.sha256(json.dumps([command, files], sort_keys=True).encode()).hexdigest()
+
+
 class SlurmRun:
-    def __init__(self, run_dir: Path, settings: dict):
+    """One run's SLURM job: submitted once, found again after any restart (by its record, or by its name when
+    the record is missing), and, once completed, not submitted again for the same inputs."""
+
+    def __init__(self, run_dir: Path, settings: dict, name: str, command: list[str], outputs: list[str]):
         import submitit
 
         self.folder = run_dir / "slurm"
         self.record = self.folder / "job.json"
-        self.settings = settings
+        self.kept = self.folder / "outputs"
+        self.settings, self.command, self.outputs = settings, command, outputs
+        self.name = job_name(run_dir, name)
+        self.inputs = _inputs(command, outputs)
         self.submitit = submitit
 
-    def attached(self):
-        """The job of an earlier launch that is still pending or running, if any."""
-        if not self.record.exists():
-            return None
-        job = self.submitit.SlurmJob(self.folder, json.loads(self.record.read_text())["job_id"])
-        state = _state(job)
-        return job if state in ACTIVE and state != "UNKNOWN" else None
+    def _job(self, job_id: str):
+        return self.submitit.SlurmJob(self.folder, job_id)
 
-    def submit(self, command: list[str], gpus: int, nodes: int, tasks: int, minutes: int, name: str):
+    def find(self):
+        """(job, how) for a job of this run that is pending or running ("attaching to") or completed for the same
+        inputs ("reusing completed"), else (None, None)."""
+        if self.record.exists():
+            record = json.loads(self.record.read_text())
+            job = self._job(record["job_id"])
+            state = _state(job)
+            if state in ACTIVE and state != "UNKNOWN":
+                return job, "attaching to"
+            if state == "COMPLETED" and record.get("inputs") == self.inputs and restore_outputs(self.outputs,
+                                                                                               self.kept):
+                return job, "reusing completed"
+        queued = subprocess.run(["squeue", "-h", "--name", self.name, "-o", "%i"], capture_output=True, text=True)
+        ids = queued.stdout.split() if queued.returncode == 0 else []
+        if ids:
+            job = self._job(ids[-1])
+            self._write_record(job.job_id)
+            return job, "attaching to"
+        return None, None
+
+    def submit(self, gpus: int, nodes: int, tasks: int, minutes: int):
         s = self.settings
         executor = self.submitit.AutoExecutor(folder=self.folder, cluster="slurm",
                                               slurm_max_num_timeout=int(s["max_timeouts"]))
         # CPUs and memory are per GPU process: a task each (DDP), or all in the one task that starts them.
         processes = max(gpus, tasks)
-        params = dict(name=name, nodes=nodes, tasks_per_node=tasks, gpus_per_node=gpus, timeout_min=minutes,
+        params = dict(name=self.name, nodes=nodes, tasks_per_node=tasks, gpus_per_node=gpus, timeout_min=minutes,
                       cpus_per_task=int(s["cpus_per_gpu"]) * processes // tasks,
                       mem_gb=int(s["mem_gb_per_gpu"]) * processes, slurm_signal_delay_s=int(s["signal_delay_s"]))
         for key in ("partition", "account", "qos"):
@@ -156,12 +245,26 @@ class SlurmRun:
                 params[f"slurm_{key}"] = s[key]
         executor.update_parameters(**params)
         stop_wait = max(params["slurm_signal_delay_s"] - 15, 5)
-        job = executor.submit(EngineTask(command, os.getcwd(), stop_wait, int(s["cpus_per_gpu"])))
-        tmp = self.record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"job_id": job.job_id, "name": name, "command": command,
-                                   "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
-        tmp.replace(self.record)
+        shutil.rmtree(self.kept, ignore_errors=True)
+        task = EngineTask(self.command, os.getcwd(), stop_wait, int(s["cpus_per_gpu"]),
+                          [os.path.abspath(o) for o in self.outputs], os.path.abspath(self.kept))
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's error before raising it
+                job = executor.submit(task)
+        except self.submitit.core.utils.FailedJobError as e:
+            said = (str(e).strip().splitlines() or ["no reason given"])[-1]
+            raise LaunchError(f"SLURM refused the job ({said}); it asks {nodes} node(s) with {gpus} GPU(s), "
+                              f"{params['cpus_per_task'] * tasks} CPUs and {params['mem_gb']} GB each: lower "
+                              "cluster.cpus_per_gpu or cluster.mem_gb_per_gpu, or set cluster.partition, in "
+                              "profiles/slurm/cluster.yaml") from None
+        self._write_record(job.job_id)
         return job
+
+    def _write_record(self, job_id: str) -> None:
+        tmp = self.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"job_id": job_id, "name": self.name, "command": self.command,
+                                   "inputs": self.inputs, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+        tmp.replace(self.record)
 
     def wait(self, job, poll_s: float, unknown_s: float = 300) -> None:
         last_state, shown = None, 0
@@ -174,10 +277,11 @@ class SlurmRun:
                 raise LaunchError(f"neither sacct nor squeue has known slurm job {job.job_id} for {unknown_s:.0f} s "
                                   f"(SLURM_CONF={os.environ.get('SLURM_CONF', 'default')}; sacct needs the cluster's "
                                   "accounting); check it with `scontrol show job` before running again")
-            if state != last_state:
-                print(f"launch: slurm job {job.job_id} {state} ({time.time() - start:.0f} s)", file=sys.stderr,
+            shown_state = f"{state} ({_reason(job.job_id)})" if state == "PENDING" else state
+            if shown_state != last_state:
+                print(f"launch: slurm job {job.job_id} {shown_state} ({time.time() - start:.0f} s)", file=sys.stderr,
                       flush=True)
-                last_state = state
+                last_state = shown_state
             log = Path(job.paths.stdout)
             if log.exists():
                 lines = log.read_text(errors="replace").splitlines()
@@ -188,9 +292,15 @@ class SlurmRun:
                 break
             time.sleep(poll_s)
         if state != "COMPLETED":
-            tail = _tail(Path(job.paths.stderr), 40)  # the engine's error, then submitit's traceback
+            tail = engine_tail(Path(job.paths.stderr))
             raise LaunchError(f"slurm job {job.job_id} ended {state}; its log: {job.paths.stderr}"
-                              + (f"\n{tail}" if tail else ""))
+                              + (f"; the engine's last lines:\n{tail}" if tail else ""))
+
+
+def _reason(job_id: str) -> str:
+    """Why a pending job waits (squeue's reason: Resources, Priority, PartitionConfig, BeginTime, ...)."""
+    queued = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%r"], capture_output=True, text=True)
+    return queued.stdout.strip() or "reason unknown"
 
 
 def cluster_settings(given: str) -> dict:
@@ -211,16 +321,14 @@ def launch(args) -> int:
         if code:
             return code
     elif executor == "slurm":
-        run = SlurmRun(Path(args.run_dir), settings)
+        run = SlurmRun(Path(args.run_dir), settings, args.name or Path(args.run_dir).name, command, args.output)
         run.folder.mkdir(parents=True, exist_ok=True)
-        job = run.attached()
-        if job is not None:
-            print(f"launch: attaching to slurm job {job.job_id} ({run.record})", file=sys.stderr, flush=True)
-        else:
-            job = run.submit(command, args.gpus, args.nodes, tasks, args.minutes,
-                             args.name or Path(args.run_dir).name)
-            print(f"launch: submitted slurm job {job.job_id} ({run.record})", file=sys.stderr, flush=True)
-        run.wait(job, float(settings["poll_s"]))
+        job, how = run.find()
+        if job is None:
+            job, how = run.submit(args.gpus, args.nodes, tasks, args.minutes), "submitted"
+        print(f"launch: {how} slurm job {job.job_id} ({run.record})", file=sys.stderr, flush=True)
+        if how != "reusing completed":
+            run.wait(job, float(settings["poll_s"]))
     else:
         raise LaunchError(f"config field 'cluster.executor' is {executor!r}; valid: local, slurm")
     missing = [o for o in args.output if not Path(o).exists()]

@@ -27,3 +27,13 @@ def setup_logging(log_file: str | Path | None, name: str = "pipeline",
         fh.setLevel(file_level)
         logger.addHandler(fh)
     return logger
+
+
+def fail(log: logging.Logger, message: str) -> int:
+    """A failure as one `error:` line on stderr and the same line in the log file; returns exit status 1."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    print(f"error: {message}", file=sys.stderr)
+    return 1

@@ -45,7 +45,7 @@ import models
 from pipeline import engine
 from pipeline.data.imagenet import read_classes
 from pipeline.engine import TrainingError
-from pipeline.io import atomic_torch_save, atomic_write_json
+from pipeline.io import DiskFull, atomic_torch_save, atomic_write_json
 from pipeline.logs import setup_logging
 from pipeline.preempt import REQUEUE_EXIT, Requeue, StopSignal
 from pipeline.settings import PretrainSettings
@@ -385,7 +385,7 @@ def main(argv=None) -> int:
     try:
         cfg, root = engine.load(args, "pretrain", log)
         train(cfg, root, args, args.log_file)
-    except (TrainingError, models.CheckpointError) as e:
+    except (TrainingError, models.CheckpointError, DiskFull) as e:
         log.error("%s", e)
         return 1
     except Requeue:

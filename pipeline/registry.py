@@ -93,6 +93,10 @@ def validate(doc, schema_name: str, path: Path) -> None:
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         message = f"{err.message}; valid fields: {', '.join(allowed)}"
+    elif err.validator == "anyOf" and err.context and all(e.validator == "required" for e in err.context):
+        fields = [name for e in err.context for name in e.validator_value]
+        message = f"needs one of the fields {', '.join(fields)}"
+        message += f" ({err.schema['$comment']})" if "$comment" in err.schema else ""
     elif err.validator == "anyOf" and err.context:
         # A value or a per-variant map of it: say what is wrong with the value, not that no form fits.
         reasons = [e for e in err.context if e.validator != "type"] or list(err.context)

@@ -6,6 +6,7 @@ import os
 import shutil
 import tarfile
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,8 +24,9 @@ class Server:
 
     def __init__(self):
         self.files, self.cut_once, self.corrupt, self.requests = {}, {}, {}, []
-        # name -> URL to redirect to; the Authorization header each request brought.
-        self.redirects, self.auth = {}, []
+        # name -> URL to redirect to; the Authorization header each request brought; name -> seconds to stall
+        # after the headers.
+        self.redirects, self.auth, self.stall = {}, [], {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -61,6 +63,8 @@ class Server:
                 body = bytes(data[start:])
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if (stall := server.stall.get(name)) is not None:
+                    time.sleep(stall)
                 if (cut := server.cut_once.pop(name, None)) is not None:
                     self.wfile.write(body[:cut])
                     self.wfile.flush()
@@ -183,6 +187,24 @@ def test_a_short_body_without_a_published_size_is_resumed_not_finished(server, t
     assert server.requests == [("val.tar", None), ("val.tar", f"bytes={1 << 20}-")]
 
 
+def test_a_redirect_loop_is_one_line_without_retries(server, tmp_path):
+    server.redirects["loop.tar"] = f"{server.url}/loop.tar"
+    with pytest.raises(DownloadError, match=r"loop.tar: http://127.0.0.1:\d+/loop.tar redirects in a loop or more than "
+                                            r"10 times \(HTTP 302\); check the URL"):
+        fetch(_source(server, "loop.tar"), tmp_path / "loop.tar")
+    assert len(server.requests) <= 11
+
+
+def test_a_stalled_server_ends_after_the_configured_timeout(server, tmp_path):
+    server.stall["val.tar"] = 5
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"val.tar: .* failed after 1 retries \(no data for 0.3 s; "
+                                            r"download.timeout_s in config/config.yaml sets the wait\); the partial "
+                                            r"file .* is kept and the next run resumes it"):
+        fetch(_source(server), tmp_path / "val.tar", timeout=0.3, retries=1, backoff=0.01)
+    assert time.monotonic() - start < 4
+
+
 def _tar(path, members):
     with tarfile.open(path, "w:gz") as tar:
         for info, data in members:
@@ -250,3 +272,78 @@ def test_a_zip_bomb_is_refused_before_anything_is_written(tmp_path):
                                            r"over the 100x cap\): a decompression bomb"):
         extract(bomb, tmp_path / "out")
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["bomb.zip"]
+
+
+def _dir(name):
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info, None
+
+
+@pytest.mark.parametrize("members, message", [
+    ([_file("é\x00.txt")], r"member 'é\\x00.txt' has a NUL byte in its name"),
+    ([_file("d/" + "n" * 300)],
+     r"member 'd/n+'\.\.\. has a name longer than the filesystem allows \(300 bytes in one part, 255 allowed\)"),
+    ([_file("a"), _file("a/b.txt")], r"member 'a' is a file, and other members use it as a folder"),
+    ([_dir("a"), _file("a")], r"member 'a' is a file, and other members use it as a folder"),
+], ids=["nul-byte", "over-long", "file-then-folder", "folder-then-file"])
+def test_tar_members_that_cannot_be_written_are_refused_by_name(tmp_path, members, message):
+    archive = _tar(tmp_path / "odd.tar.gz", [_file("ok.txt"), *members])
+    with pytest.raises(ExtractError, match=f"odd.tar.gz: {message}; refusing"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _patched_zip(path, name, patch):
+    """A one-member zip whose central directory (and local header) are edited by `patch(header, offset)`."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(name, b"payload" * 10)
+    raw = bytearray(path.read_bytes())
+    patch(raw, raw.find(b"PK\x03\x04") + 6)  # local header: flag bits at +6, method at +8
+    patch(raw, raw.find(b"PK\x01\x02") + 8)  # central directory: flag bits at +8, method at +10
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def _set_flag(raw, at):
+    raw[at] |= 0x1
+
+
+def _set_method(raw, at):
+    raw[at + 2:at + 4] = (93).to_bytes(2, "little")
+
+
+def _nul_name(raw, at):
+    i = raw.find(b"aXb.txt", at)
+    raw[i + 1] = 0
+
+
+@pytest.mark.parametrize("patch, message", [
+    (_set_flag, r"member 'aXb.txt' is encrypted"),
+    (_set_method, r"member 'aXb.txt' uses zip compression method 93, which Python's zipfile cannot read"),
+    (_nul_name, r"member 'a\\x00b.txt' has a NUL byte in its name"),
+], ids=["encrypted", "unsupported-method", "nul-byte"])
+def test_zip_members_that_cannot_be_read_are_refused_by_name(tmp_path, patch, message):
+    archive = _patched_zip(tmp_path / "odd.zip", "aXb.txt", patch)
+    with pytest.raises(ExtractError, match=f"odd.zip: {message}"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_link_chain_blocked_by_the_data_filter_says_so(tmp_path):
+    # Each link stays inside by name, but "esc" resolves through "sub/up" (-> the target) to outside it.
+    archive = _tar(tmp_path / "chain.tar.gz", [
+        _dir("sub"), _link("sub/up", "..", tarfile.SYMTYPE), _link("esc", "sub/up/../outside", tarfile.SYMTYPE)])
+    with pytest.raises(ExtractError, match=r"chain.tar.gz: member 'esc' is blocked by tarfile's data filter \(.*\): "
+                                           r"a chain of links that leads outside the target"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_names_legal_on_posix_extract(tmp_path):
+    archive = _tar(tmp_path / "ok.tar.gz", [_file("a:b.txt", b"colon"), _file("c\\d.txt", b"backslash")])
+    out = extract(archive, tmp_path / "out")
+    assert (out / "a:b.txt").read_bytes() == b"colon" and (out / "c\\d.txt").read_bytes() == b"backslash"
+    with zipfile.ZipFile(tmp_path / "ok.zip", "w") as zf:
+        zf.writestr("x/a:b.txt", b"zip colon")
+    assert (extract(tmp_path / "ok.zip", tmp_path / "zout") / "x" / "a:b.txt").read_bytes() == b"zip colon"

@@ -96,3 +96,15 @@ def test_wrong_or_missing_archives_say_where_to_get_them(tmp_path):
         extract_train(_val(tmp_path / "val.tar"), tmp_path / "c")
     with pytest.raises(ExtractError, match="not the ILSVRC2012 development kit"):
         read_devkit(extract(_val(tmp_path / "notadevkit.tar"), tmp_path / "d"))
+
+
+def test_a_truncated_class_archive_inside_the_train_tar_names_both(tmp_path):
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w") as t:
+        _add(t, "n01440764_0.JPEG", bytes(8192))
+    with tarfile.open(tmp_path / "train.tar", "w") as outer:
+        _add(outer, "n01440764.tar", inner.getvalue()[:4096])  # cut inside the image's data
+    with pytest.raises(ExtractError, match=r"train.tar:n01440764.tar: nested class archive is truncated or "
+                                           r"unreadable \(.*\); delete train.tar and download it again"):
+        extract_train(tmp_path / "train.tar", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

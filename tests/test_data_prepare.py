@@ -2,13 +2,18 @@
 their detectron2 registration, on the embedded sets published as the official archives."""
 
 import json
+import os
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from conftest import BIN, PYTHON, ROOT, job_counts, run
+from pipeline import registry
 from pipeline.data import sources
 from pipeline.data.coco import rgb2id, stuff_id_map
 
@@ -125,3 +130,68 @@ def test_stuff_labels_follow_the_category_order():
     assert stuff_id_map(cats) == {1: 0, 2: 0, 92: 1, 93: 2}
     rgb = np.array([[[1, 0, 0], [0, 1, 0]]], dtype=np.uint8)
     assert rgb2id(rgb).tolist() == [[1, 256]]
+
+
+def test_verify_before_download_is_one_line(tmp_path, capsys):
+    from pipeline.data.__main__ import main
+
+    assert main(["verify", "coco", "val2017.zip", "--data-root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.endswith(
+        "val2017.zip: not downloaded yet; run `python -m pipeline.data download coco val2017.zip` first (the "
+        "Snakefile's download rule does)")
+
+
+def test_a_source_without_size_or_checksum_needs_trust_unverified_which_every_step_repeats(tmp_path, caplog):
+    import logging
+
+    from pipeline.data import __main__ as steps
+    from pipeline.data.manifest import write_manifest
+
+    doc = registry.load_yaml(sources.DATASETS_FILE)
+    ade = doc["datasets"]["ade20k"]["sources"]["trainval"]
+    del ade["md5"]
+    (tmp_path / "bare.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(registry.ConfigError, match=r"bare.yaml: .*'datasets.ade20k.sources.trainval': needs one of "
+                                                   r"the fields size, md5, sha256, trust \(.*set trust: unverified"):
+        sources.datasets(str(tmp_path), tmp_path / "bare.yaml")
+    archive = tmp_path / "ADEChallengeData2016.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ADEChallengeData2016/a.txt", "x")
+    ade.update(trust="unverified", url=str(archive))
+    (tmp_path / "trusted.yaml").write_text(yaml.safe_dump(doc))
+    ds = sources.datasets(str(tmp_path), tmp_path / "trusted.yaml")["ade20k"]
+    log = logging.getLogger("test.trust")
+    with caplog.at_level(logging.WARNING):
+        steps.run_download(ds, archive.name, str(tmp_path), log)
+        steps.run_verify(ds, archive.name, str(tmp_path), log)
+        steps.run_extract(ds, archive.name, str(tmp_path), log)
+    assert [r.getMessage() for r in caplog.records] == [
+        "ADEChallengeData2016.zip: NOT VERIFIED: its source says trust: unverified (no published size or checksum), "
+        "so nothing shows it is the publisher's file"] * 2
+    assert json.loads(Path(sources.verified(str(tmp_path), "ade20k", archive.name)).read_text())["trust"] == \
+        "unverified"
+    manifest = write_manifest(tmp_path, "ade20k", tmp_path / "m.json", unverified=steps.unverified(ds, [archive.name]))
+    assert manifest["unverified_archives"] == [archive.name]
+
+
+def test_two_runs_on_one_data_root_take_turns_at_each_step(tmp_path):
+    import logging
+    import subprocess
+    import time
+
+    from pipeline.io import waiting_lock
+
+    log_file = tmp_path / "verify.log"
+    with waiting_lock(sources.lock(str(tmp_path), "coco", "val2017.zip"), logging.getLogger("test")):
+        proc = subprocess.Popen([PYTHON, "-m", "pipeline.data", "verify", "coco", "val2017.zip", "--data-root",
+                                 str(tmp_path), "--log-file", str(log_file)], cwd=ROOT, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.monotonic() + 60
+        while "waiting for host" not in (log_file.read_text() if log_file.exists() else ""):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert f"pid {os.getpid()}, which holds {tmp_path}/.locks/coco/val2017.zip.lock" in log_file.read_text()
+        time.sleep(0.5)
+        assert proc.poll() is None  # still waiting while this process holds the step
+    assert proc.wait(timeout=60) == 1 and "not downloaded yet" in proc.stderr.read()

@@ -17,21 +17,24 @@ SMOKE = {
 }
 
 
-def _copy_project(dst):
+def _copy_project(dst, data_root):
     copy_project(dst)
     (dst / ".dvc").mkdir()
     shutil.copy2(ROOT / ".dvc" / "config", dst / ".dvc" / "config")
     (dst / ".gitignore").write_text("/.venv\n/data/\n/logs/\n/.snakemake/\n__pycache__/\n")
     config = yaml.safe_load((dst / "config" / "config.yaml").read_text())
+    config["data_root"] = str(data_root)
     for section, values in SMOKE.items():
         config["smoke"]["demo"][section].update(values)
     (dst / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def test_dvc_repro_runs_the_demo_dag_and_tracks_its_artifacts(tmp_path):
-    project = tmp_path / "project"
+    # A project folder and a data root whose paths hold a space and a quote.
+    project = tmp_path / "my project's copy"
+    data = tmp_path / "shared data's root"
     project.mkdir()
-    _copy_project(project)
+    _copy_project(project, data)
     env = {"PATH": f"{BIN}:{os.environ['PATH']}"}
     run(["git", "init", "-q"], cwd=project)
     dvc = str(BIN / "dvc")
@@ -46,9 +49,9 @@ def test_dvc_repro_runs_the_demo_dag_and_tracks_its_artifacts(tmp_path):
     assert metrics["evaluator"] == "pycocotools COCOeval" and metrics["images"] == 1
     assert isinstance(metrics["box_AP"], float) and isinstance(metrics["mask_AP"], float)
     for manifest in ("imagenet", "coco", "ade20k"):
-        m = json.loads((project / "data" / f"{manifest}-embedded.manifest.json").read_text())
+        m = json.loads((data / f"{manifest}-embedded.manifest.json").read_text())
         assert m["files"] > 0 and len(m["index_sha256"]) == 64
-    ade = project / "data/ade20k-embedded/ADEChallengeData2016"
+    ade = data / "ade20k-embedded/ADEChallengeData2016"
     assert sorted(p.name for p in (ade / "annotations" / "validation").iterdir()) == ["ADE_val_00000001.png"]
 
     shown = run([dvc, "metrics", "show"], cwd=project, env=env).stdout

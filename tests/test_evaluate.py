@@ -1,5 +1,7 @@
 """pipeline/evaluate.py: semantic segmentation tested as mmseg tests it (whole, sliding windows, scales + flip)."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -61,3 +63,50 @@ def test_hornet_upernet_is_tested_as_its_config_says():
     assert s["test_ratios"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     lvt = settings.resolve("evaluate", "lvt", "lvt_segformer", 0, "full", "quick", smoke, "160k")["values"]
     assert lvt["test_slide"] is None
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _truncated(path):
+    torch.save({"model": nn.Linear(64, 64).state_dict(), "config": {}}, path)
+    path.write_bytes(path.read_bytes()[:3000])
+
+
+def _backbone_only(path):
+    torch.save(nn.Linear(2, 2).state_dict(), path)
+
+
+@pytest.mark.parametrize("write, message", [
+    (_empty, r"model.pth: not a loadable weights-only checkpoint \("),
+    (_truncated, r"model.pth: not a loadable weights-only checkpoint \("),
+    (_backbone_only, r"model.pth: not a fine-tuned model of this pipeline \(no `config`\); evaluate the "
+                     r"model_final.pth a finetune job writes"),
+], ids=["0-byte", "truncated", "wrong-kind"])
+def test_a_checkpoint_evaluate_cannot_read_is_one_line(tmp_path, capsys, write, message):
+    from pipeline.evaluate import main
+
+    write(tmp_path / "model.pth")
+    settings.for_engine(tmp_path / "settings.yaml", "evaluate", "pvt_tiny")
+    (tmp_path / "coco").mkdir()
+    assert main(["--settings", str(tmp_path / "settings.yaml"), "--data", str(tmp_path / "coco"), "--work-dir",
+                 str(tmp_path / "eval"), "--checkpoint", str(tmp_path / "model.pth"), "--metrics",
+                 str(tmp_path / "metrics.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_prepared_data_deleted_under_its_manifest_names_the_fix(tmp_path, capsys):
+    from pipeline.evaluate import main
+
+    settings.for_engine(tmp_path / "settings.yaml", "evaluate", "pvt_tiny")
+    (tmp_path / "coco.manifest.json").write_text("{}")
+    assert main(["--settings", str(tmp_path / "settings.yaml"), "--data", str(tmp_path / "coco"), "--work-dir",
+                 str(tmp_path / "eval"), "--checkpoint", str(tmp_path / "model.pth"), "--metrics",
+                 str(tmp_path / "metrics.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith(
+        f"{tmp_path}/coco: prepared data missing or incomplete, though its manifest {tmp_path}/coco.manifest.json "
+        "exists; delete the manifest and run the target again (it re-runs prepare)")

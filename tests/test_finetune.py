@@ -116,6 +116,7 @@ def test_an_empty_pretrained_file_is_one_line(tmp_path):
 
     settings.for_engine(tmp_path / "settings.yaml", "finetune", "pvt_tiny", iters=1)
     (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "coco").mkdir()
     proc = run([PYTHON, "-m", "pipeline.finetune", "--settings", str(tmp_path / "settings.yaml"), "--pretrained",
                 str(tmp_path / "empty.pth"), "--data", str(tmp_path / "coco"), "--work-dir", str(tmp_path / "state"),
                 "--output", str(tmp_path / "model.pth")], check=False)
@@ -147,3 +148,28 @@ def test_a_non_finite_loss_stops_in_one_line_with_the_iteration_and_lr():
         trainer.run_step()
     assert str(err.value) == "loss is nan at iteration 0 (lr 2.00e-02); lower the lr or check the data"
     assert model.w.item() == 1.0  # stopped before the optimizer stepped
+
+
+def _finetune(data, out, iters):
+    from conftest import PYTHON, run
+
+    settings.for_engine(out / "settings.yaml", "finetune", "pvt_tiny", framework="mask_rcnn", iters=iters,
+                        batch_size=2, short_side=[128], max_size=192, roi_batch_size_per_image=64,
+                        rpn_post_nms_topk_train=200, warmup_iters=1, checkpoint_every=1)
+    run([PYTHON, "-m", "pipeline.finetune", "--settings", str(out / "settings.yaml"), "--data", str(data),
+         "--work-dir", str(out / "state"), "--output", str(out / "model.pth")])
+    return sorted(p.name for p in (out / "state").glob("model_*.pth"))
+
+
+def test_a_resumed_run_keeps_as_many_states_as_an_uninterrupted_one(embedded_data, tmp_path):
+    import shutil
+
+    data = embedded_data / "coco-embedded"
+    # What an uninterrupted 3-iteration run leaves (measured): detectron2's PeriodicCheckpointer at period 1 with
+    # max_to_keep 1 keeps the last periodic state, beside the final one.
+    uninterrupted = ["model_0000002.pth", "model_final.pth"]
+    _finetune(data, tmp_path / "twice", 2)
+    state = tmp_path / "twice" / "state"
+    for leftover in ("model_0000000.pth", "model_0000001.pth"):  # what killed processes leave (periodic, on signal)
+        shutil.copy(state / "model_final.pth", state / leftover)
+    assert _finetune(data, tmp_path / "twice", 3) == uninterrupted

@@ -1,8 +1,13 @@
 """pipeline/io.py: atomic writes keep the user's umask, so a colleague sharing a data root can read the files."""
 
 import os
+import re
+import subprocess
+import sys
 
 import pytest
+
+from conftest import ROOT
 
 from pipeline.io import atomic_torch_save, atomic_write_json, atomic_write_text, umask
 
@@ -20,3 +25,34 @@ def test_atomic_files_get_the_mode_the_umask_gives_new_files(tmp_path, mask, mod
         os.umask(old)
     assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {
         "a.txt": mode, "b.json": mode, "c.pth": mode, "plain.txt": mode}
+
+
+SAVE_ON_A_FULL_DISK = """
+import sys, torch
+from pipeline.io import DiskFull, atomic_torch_save, atomic_write_text
+target = sys.argv[1]
+atomic_torch_save({"w": torch.zeros(4)}, target)
+for save in (lambda: atomic_torch_save({"w": torch.zeros(1 << 20)}, target),
+             lambda: atomic_write_text(target + ".txt", "x" * (2 << 20))):
+    try:
+        save()
+    except DiskFull as e:
+        print(e)
+print(torch.load(target, weights_only=True)["w"].shape[0])
+"""
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_file(tmp_path):
+    """On a real 1 MiB filesystem (tmpfs, mounted in a user and mount namespace of its own)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = f"mount -t tmpfs -o size=1m tmpfs {disk} && exec \"$0\" -c \"$1\" {disk}/model.pth"
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, sys.executable,
+                           SAVE_ON_A_FULL_DISK], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    torch_line, text_line, kept = proc.stdout.strip().splitlines()
+    assert re.fullmatch(rf"{disk}/model.pth: no space left in {disk} while saving it \([\d,]+ bytes free\); the "
+                        r"previous file is kept; free space and run again \(a training run resumes from its last "
+                        r"saved state\)", torch_line)
+    assert text_line.startswith(f"{disk}/model.pth.txt: no space left in {disk} while saving it (")
+    assert kept == "4"

@@ -1,6 +1,7 @@
 """pipeline/launch.py and profiles/slurm on a real single-node SLURM (envs/slurm_cluster.py, 2 fake GPUs):
 submission with a GPU request, preemption (signal, save, requeue, exact resume), the time limit, fine-tuning
-over two processes, a crash reported with its log, and re-attaching after Snakemake restarts."""
+over two processes, a crash reported with its log, re-attaching after Snakemake restarts (SIGTERM, SIGKILL, a kill
+before the job was recorded) and reusing a job that completed meanwhile, refused and pending jobs, cancelled ones."""
 
 import json
 import os
@@ -178,28 +179,94 @@ def test_crashed_job_is_reported_with_its_log_within_seconds(slurm, embedded_dat
     assert time.time() - start < 120
 
 
-def test_restarted_snakemake_attaches_to_the_running_job(slurm, embedded_data, tmp_path):
+def _snakemake_until(cmd, project, env, text, log):
+    """Snakemake started in the background, stopped here once `text` is in its log (its own process group)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    _wait_for(log, text, timeout=180)
+    return proc
+
+
+def test_restarted_snakemake_attaches_to_its_job_after_any_kill_and_reuses_it_once_completed(slurm, embedded_data,
+                                                                                             tmp_path):
     project = copy_project(tmp_path / "project")
-    # 300 steps (about 90 s with start-up): the job still runs when the second Snakemake starts, however loaded.
     (project / "cluster-test.yaml").write_text(json.dumps({"cluster": SETTINGS, "smoke": {"quick": {"pretrain": {
-        "steps": 300, "checkpoint_every": 100}}}}))
+        "steps": 100, "checkpoint_every": 50}}}}))
     target = "results/pretrain/imagenet-embedded/pvt_tiny/pvt/seed0/model.pth"
+    run_dir = project / target.rsplit("/", 1)[0]
     cmd = [BIN / "snakemake", "--profile", "profiles/slurm", "--configfiles", "config/config.yaml",
            "cluster-test.yaml", "--config", f"data_root={embedded_data}", "scale=smoke", "--", target]
     env = {**os.environ, "PYTHONPATH": str(project), **slurm}
-    first = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    record = project / target.rsplit("/", 1)[0] / "slurm" / "job.json"
-    deadline = time.time() + 120
-    while not record.exists() and time.time() < deadline:
-        time.sleep(0.5)
-    job_id = _job_id(record.parent.parent)
-    os.killpg(first.pid, signal.SIGTERM)  # the controller goes away; the SLURM job does not
-    first.wait(timeout=60)
-    assert run(["squeue", "-h", "-j", job_id, "-o", "%i"], env=slurm).stdout.split() == [job_id]
-    second = run(cmd, cwd=project, env=slurm, timeout=900)
-    assert f"attaching to slurm job {job_id}" in second.stderr
-    assert "submitted slurm job" not in second.stderr
-    assert _sacct(slurm, job_id, "State") == "COMPLETED"
-    assert (project / target).exists()
+    unlock = [*cmd[:-2], "--unlock", *cmd[-2:]]
 
+    def kill(proc, signum):
+        os.killpg(proc.pid, signum)  # the controller goes away; the SLURM job does not
+        proc.wait(timeout=60)
+
+    first = _snakemake_until(cmd, project, env, "launch: submitted slurm job", tmp_path / "first.log")
+    job_id = _job_id(run_dir)
+    deadline = time.time() + 120
+    while run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=slurm).stdout.strip() != "RUNNING":
+        assert time.time() < deadline
+        time.sleep(0.5)
+    run(["scontrol", "suspend", job_id], env=slurm)  # it waits for the restarts below, however loaded the machine
+    kill(first, signal.SIGTERM)
+    second = _snakemake_until(cmd, project, env, f"launch: attaching to slurm job {job_id}", tmp_path / "second.log")
+    kill(second, signal.SIGKILL)
+    # As if Snakemake had been killed between sbatch returning and the job's record being written.
+    (run_dir / "slurm" / "job.json").unlink()
+    locked = run(cmd, cwd=project, env=env, check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr  # as the README says
+    run(unlock, cwd=project, env=env)
+    third = _snakemake_until(cmd, project, env, f"launch: attaching to slurm job {job_id}", tmp_path / "third.log")
+    kill(third, signal.SIGKILL)
+    run(["scontrol", "resume", job_id], env=slurm)
+    deadline = time.time() + 600
+    while run(["squeue", "-h", "-j", job_id, "-o", "%i"], env=slurm).stdout.strip():
+        assert time.time() < deadline
+        time.sleep(1)
+    run(unlock, cwd=project, env=env)
+    last = run(cmd, cwd=project, env=env, timeout=900)
+    assert f"launch: reusing completed slurm job {job_id}" in last.stderr and "submitted slurm job" not in last.stderr
+    assert "submitted slurm job" not in (tmp_path / "second.log").read_text() + (tmp_path / "third.log").read_text()
+    name = json.loads((run_dir / "slurm" / "job.json").read_text())["name"]
+    jobs = run(["sacct", "-n", "-X", "-P", "-S", "now-2hours", "--name", name, "-o", "JobID,State"],
+               env=slurm).stdout.split()
+    assert jobs == [f"{job_id}|COMPLETED"]
+    assert torch.load(project / target, weights_only=True)["steps"] == 100
+
+
+def test_a_request_no_node_can_meet_is_one_line_naming_the_keys(slurm, embedded_data, tmp_path):
+    out = tmp_path / "huge"
+    proc = _launch(out, _engine(embedded_data / "imagenet-embedded", out, 4), slurm,
+                   settings={**SETTINGS, "mem_gb_per_gpu": 100000})
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and output.count("\n") == 1, output
+    assert re.fullmatch(r"launch: SLURM refused the job \(sbatch: error: .+\); it asks 1 node\(s\) with 1 GPU\(s\), "
+                        r"1 CPUs and 100000 GB each: lower cluster.cpus_per_gpu or cluster.mem_gb_per_gpu, or set "
+                        r"cluster.partition, in profiles/slurm/cluster.yaml\n", output), output
+
+
+def test_a_pending_job_shows_why_and_a_cancelled_one_the_engines_last_lines(slurm, embedded_data, tmp_path):
+    out = tmp_path / "cancel"
+    run(["scontrol", "update", "PartitionName=debug", "State=DOWN"], env=slurm)
+    try:
+        proc = _launch(out, _engine(embedded_data / "imagenet-embedded", out, 10000), slurm)
+        job_id = None
+        deadline = time.time() + 120
+        while job_id is None:
+            assert time.time() < deadline
+            time.sleep(0.5)
+            job_id = _job_id(out) if (out / "slurm" / "job.json").exists() else None
+        time.sleep(3)
+    finally:
+        run(["scontrol", "update", "PartitionName=debug", "State=UP"], env=slurm)
+    _wait_for(out / "log", "starting pvt_tiny")
+    run(["scancel", job_id], env=slurm)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert f"launch: slurm job {job_id} PENDING (PartitionDown)" in output
+    error = output[output.index(f"launch: slurm job {job_id} ended CANCELLED"):]
+    assert "the engine's last lines:" in error and "starting pvt_tiny: 10000 steps" in error, error
+    assert "Traceback" not in error and "it/s]" not in error and "s/it]" not in error

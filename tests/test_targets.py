@@ -149,3 +149,12 @@ def test_an_unknown_backbone_in_a_path_target_is_one_line(project):
     assert proc.returncode != 0
     line = next(l for l in (proc.stdout + proc.stderr).splitlines() if "unknown backbone" in l)
     assert "'pvt_tinyy'" in line and "pvt_tiny," in line
+
+
+def test_a_malformed_config_file_names_its_line(tmp_path):
+    project = copy_project(tmp_path / "project")
+    config = project / "config" / "config.yaml"
+    config.write_text(config.read_text() + "cluster:\n  executor: local\n   bad: [\n")
+    proc = run([BIN / "snakemake", "-n", "pvt_table4"], cwd=project, check=False)
+    line = next(l for l in (proc.stdout + proc.stderr).splitlines() if "is not valid YAML" in l)
+    assert proc.returncode != 0 and f"{config}: line {len(config.read_text().splitlines())} is not" in line

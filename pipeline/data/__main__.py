@@ -22,29 +22,43 @@ from pipeline.data import ade20k, coco, imagenet, sources
 from pipeline.data.download import DownloadError, download, verify_or_refetch
 from pipeline.data.extract import ExtractError, extract
 from pipeline.data.manifest import write_manifest
-from pipeline.io import atomic_write_text
-from pipeline.logs import setup_logging
+from pipeline.io import DiskFull, atomic_write_text, waiting_lock
+from pipeline.logs import fail, setup_logging
 
 LAYOUTS = {"imagenet": imagenet, "coco": coco, "ade20k": ade20k}
 
 
-def run_download(ds: sources.Dataset, filename: str, root: str, log) -> None:
+UNVERIFIED = ("%s: NOT VERIFIED: its source says trust: unverified (no published size or checksum), so nothing "
+              "shows it is the publisher's file")
+
+
+def run_download(ds: sources.Dataset, filename: str, root: str, log, **download_kw) -> None:
     _, src = ds.source(filename)
-    dest = download(src, Path(sources.archive(root, ds.name, filename)))
+    dest = download(src, Path(sources.archive(root, ds.name, filename)), **download_kw)
     log.info("%s: %s -> %s", ds.name, src.url, dest)
 
 
-def run_verify(ds: sources.Dataset, filename: str, root: str, log) -> None:
+def run_verify(ds: sources.Dataset, filename: str, root: str, log, **download_kw) -> None:
     _, src = ds.source(filename)
     path = Path(sources.archive(root, ds.name, filename))
-    checked = verify_or_refetch(src, path)
-    if checked is None:
+    if not path.exists():
+        raise DownloadError(f"{path}: not downloaded yet; run `python -m pipeline.data download {ds.name} "
+                            f"{filename}` first (the Snakefile's download rule does)")
+    checked = verify_or_refetch(src, path, **download_kw)
+    if src.trust == "unverified":
+        log.warning(UNVERIFIED, filename)
+    elif checked is None:
         log.warning("%s: the publisher lists no checksum; only the size was checked", filename)
     algorithm, digest = checked or (None, None)
     record = {"file": filename, "url": src.url, "bytes": path.stat().st_size, "algorithm": algorithm,
-              "hash": digest}
+              "hash": digest, "trust": src.trust or "verified"}
     atomic_write_text(sources.verified(root, ds.name, filename), json.dumps(record, indent=1) + "\n")
     log.info("%s: %s %s verified", filename, algorithm or "size", digest or path.stat().st_size)
+
+
+def unverified(ds: sources.Dataset, filenames) -> list[str]:
+    """The files among `filenames` downloaded on `trust: unverified`, each named in the log."""
+    return [name for name in filenames if ds.source(name)[1].trust == "unverified"]
 
 
 def _stamp(ds: sources.Dataset, root: str, filenames) -> str:
@@ -65,6 +79,8 @@ def run_extract(ds: sources.Dataset, filename: str, root: str, log) -> None:
     target = Path(sources.extracted(root, ds.name, sources.stem(filename)))
     extractor = getattr(LAYOUTS[ds.layout], "EXTRACTORS", {}).get(key, extract)
     extractor(archive, target, _stamp(ds, root, [filename]))
+    for name in unverified(ds, [filename]):
+        log.warning(UNVERIFIED, name)
     log.info("%s -> %s", archive, target)
 
 
@@ -73,7 +89,10 @@ def run_prepare(ds: sources.Dataset, root: str, log) -> None:
                  for key, s in ds.sources.items()}
     stamp = _stamp(ds, root, [s.filename for s in ds.sources.values()])
     prepared = LAYOUTS[ds.layout].prepare(extracted, Path(sources.prepared(root, ds.name)), ds.expect, stamp)
-    m = write_manifest(prepared, ds.name, Path(sources.manifest(root, ds.name)))
+    untrusted = unverified(ds, [s.filename for s in ds.sources.values()])
+    for name in untrusted:
+        log.warning(UNVERIFIED, name)
+    m = write_manifest(prepared, ds.name, Path(sources.manifest(root, ds.name)), unverified=untrusted)
     log.info("%s: %d files, %.1f MB -> %s", ds.name, m["files"], m["bytes"] / 1e6, prepared)
 
 
@@ -95,20 +114,24 @@ def main(argv=None) -> int:
     parser.add_argument("file", nargs="?", help="a source's file name (download, verify, extract)")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--log-file", help="also write the log to this file")
+    parser.add_argument("--timeout", type=float, default=60.0, help="download, verify: seconds without data that "
+                        "end an attempt")
+    parser.add_argument("--retries", type=int, default=5, help="download, verify: attempts after the first")
     args = parser.parse_args(argv)
     log = setup_logging(args.log_file, "pipeline.data")
     try:
         ds = sources.dataset(args.dataset, args.data_root)
-        if args.step in ("download", "verify", "extract"):
-            if not args.file:
-                parser.error(f"{args.step} needs the source's file name")
-            globals()[f"run_{args.step}"](ds, args.file, args.data_root, log)
-        else:
-            globals()[f"run_{args.step}"](ds, args.data_root, log)
-    except (DownloadError, ExtractError, registry.ConfigError) as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        per_file = args.step in ("download", "verify", "extract")
+        if per_file and not args.file:
+            parser.error(f"{args.step} needs the source's file name")
+        with waiting_lock(sources.lock(args.data_root, ds.name, args.file if per_file else args.step), log):
+            if per_file:
+                kw = {"timeout": args.timeout, "retries": args.retries} if args.step != "extract" else {}
+                globals()[f"run_{args.step}"](ds, args.file, args.data_root, log, **kw)
+            else:
+                globals()[f"run_{args.step}"](ds, args.data_root, log)
+    except (DownloadError, ExtractError, registry.ConfigError, DiskFull) as e:
+        return fail(log, str(e))
     return 0
 
 

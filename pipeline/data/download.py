@@ -53,6 +53,8 @@ class Source:
     checksums: str | None = None
     # Where a person gets the file (named in errors about a missing or wrong copy).
     homepage: str | None = None
+    # "unverified": the publisher gives neither size nor checksum and the user accepts that (config schema).
+    trust: str | None = None
 
     @property
     def where(self) -> str:
@@ -180,9 +182,16 @@ def _download(source: Source, part: Path, retries: int, backoff: float, timeout:
                                     "dataset's sources in config") from None
             if e.code == 416 and source.size is None:  # Range past the end: already complete
                 return
+            if 300 <= e.code < 400:  # urllib gives up on a redirect loop or too many redirects
+                raise DownloadError(f"{source.filename}: {source.url} redirects in a loop or more than "
+                                    f"{urllib.request.HTTPRedirectHandler.max_redirections} times (HTTP {e.code}); "
+                                    "check the URL in the dataset's sources in config") from None
             error = f"HTTP {e.code}"
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
             error = str(getattr(e, "reason", e))
+            if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+                error = f"no data for {timeout:g} s; download.timeout_s in config/config.yaml sets the wait"
+
         attempt += 1
         if attempt > retries:
             raise DownloadError(f"{source.filename}: {source.url} failed after {retries} retries ({error}); the "

@@ -31,18 +31,54 @@ class ExtractError(Exception):
 
 
 def _inside(name: str) -> bool:
-    """Whether a relative POSIX path stays inside the folder it is relative to."""
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or "\\" in name:
-        return False
+    """Whether a relative POSIX path stays inside the folder it is relative to (`a:b.txt` and `a\\b` are plain
+    POSIX names and do)."""
     norm = posixpath.normpath(name)
-    return norm != ".." and not norm.startswith("../")
+    return not name.startswith("/") and norm != ".." and not norm.startswith("../")
 
 
-def check_tar(archive: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+def check_names(archive: Path, entries: list[tuple[str, bool]], dest: Path) -> None:
+    """Refuse, before anything is written, member names that cannot be written as given: outside the target,
+    holding a NUL byte, longer than the filesystem allows, or used both as a file and as a folder.
+    `entries`: (name, is_dir) per member."""
+    name_max = _pathconf(dest, "PC_NAME_MAX", 255)
+    path_max = _pathconf(dest, "PC_PATH_MAX", 4096) - len(os.fsencode(os.path.abspath(dest))) - 64
+    files, dirs = {}, set()
+    for name, is_dir in entries:
+        if "\x00" in name:
+            raise ExtractError(f"{archive}: member {name!r} has a NUL byte in its name; refusing")
+        if not _inside(name):
+            raise ExtractError(f"{archive}: member {name!r} would be written outside the target; refusing")
+        norm = posixpath.normpath(name)
+        longest = max(len(os.fsencode(part)) for part in norm.split("/"))
+        if longest > name_max or len(os.fsencode(norm)) > path_max:
+            raise ExtractError(f"{archive}: member {name[:60]!r}... has a name longer than the filesystem "
+                               f"allows ({longest} bytes in one part, {name_max} allowed); refusing")
+        parts = norm.split("/")
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        if is_dir:
+            dirs.add(norm)
+        else:
+            files.setdefault(norm, name)
+    clash = sorted(set(files) & dirs)
+    if clash:
+        raise ExtractError(f"{archive}: member {files[clash[0]]!r} is a file, and other members use it as a "
+                           "folder; refusing")
+
+
+def _pathconf(path: Path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
+
+
+def check_tar(archive: Path, tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
     members = tar.getmembers()
+    check_names(archive, [(m.name, m.isdir()) for m in members], dest)
     for m in members:
-        if not _inside(m.name):
-            raise ExtractError(f"{archive}: member {m.name!r} would be written outside the target; refusing")
+        if "\x00" in m.linkname:
+            raise ExtractError(f"{archive}: link {m.name!r} has a NUL byte in its target; refusing")
         if m.issym():
             target = posixpath.join(posixpath.dirname(m.name), m.linkname)
             if m.linkname.startswith("/") or not _inside(target):
@@ -80,21 +116,44 @@ def check_size(archive: Path, declared: int, dest: Path) -> None:
 
 def _extract_tar(archive: Path, dest: Path) -> None:
     with tarfile.open(archive) as tar:
-        members = check_tar(archive, tar)
+        members = check_tar(archive, tar, dest)
         check_size(archive, sum(m.size for m in members if m.isfile()), dest)
-        # The "data" filter re-checks every member on extraction (paths, links, modes) as a second guard.
-        tar.extractall(dest, members=_progress(members, archive), filter="data")
+        extract_members(archive, tar, _progress(members, archive), dest)
+
+
+def extract_members(archive: Path, tar: tarfile.TarFile, members, dest: Path) -> None:
+    """Unpack checked members; the "data" filter re-checks each on extraction (paths, links through links,
+    modes) as a second guard, and what it blocks is named."""
+    try:
+        tar.extractall(dest, members=members, filter="data")
+    except tarfile.FilterError as e:
+        member = e.tarinfo.name if e.tarinfo else "?"
+        raise ExtractError(f"{archive}: member {member!r} is blocked by tarfile's data filter ({e}): a chain of "
+                           "links that leads outside the target or to a special file; refusing") from None
+
+
+# Compression methods Python's zipfile reads (stored, deflate, bzip2, lzma).
+ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
+def check_zip(archive: Path, infos: list[zipfile.ZipInfo], dest: Path) -> None:
+    check_names(archive, [(info.orig_filename, info.is_dir()) for info in infos], dest)
+    for info in infos:
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise ExtractError(f"{archive}: member {info.filename!r} is a symlink; refusing")
+        if info.flag_bits & 0x1:
+            raise ExtractError(f"{archive}: member {info.filename!r} is encrypted; the published archives are not, "
+                               "so this is not one of them (delete it and download it again)")
+        if info.compress_type not in ZIP_METHODS:
+            raise ExtractError(f"{archive}: member {info.filename!r} uses zip compression method "
+                               f"{info.compress_type}, which Python's zipfile cannot read (stored, deflate, bzip2 "
+                               "and lzma can); repack it or download the published archive")
 
 
 def _extract_zip(archive: Path, dest: Path) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
-        for info in infos:
-            if not _inside(info.filename):
-                raise ExtractError(f"{archive}: member {info.filename!r} would be written outside the target; "
-                                   "refusing")
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise ExtractError(f"{archive}: member {info.filename!r} is a symlink; refusing")
+        check_zip(archive, infos, dest)
         check_size(archive, sum(info.file_size for info in infos), dest)
         bad = zf.testzip()
         if bad is not None:

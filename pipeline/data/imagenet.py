@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.data.extract import (MARKER, ExtractError, check_tar, expect_count, is_complete, link_file, link_tree,
-                                   staged_dir)
+from pipeline.data.extract import (MARKER, ExtractError, check_size, check_tar, expect_count, extract_members,
+                                   is_complete, link_file, link_tree, staged_dir)
 from pipeline.io import atomic_write_text
 
 DEVKIT_META = "ILSVRC2012_devkit_t12/data/meta.mat"
@@ -57,15 +57,30 @@ def extract_train(train_tar: Path, target: Path, stamp: str | None = None) -> Pa
     stamp = stamp or train_tar.name
     if is_complete(target, stamp):
         return target
-    with staged_dir(target, stamp) as tmp, tarfile.open(train_tar) as outer:
-        for m in tqdm(check_tar(train_tar, outer), desc="ImageNet train classes", unit="class", disable=None):
-            if not (m.isfile() and CLASS_TAR.fullmatch(m.name)):
-                raise ExtractError(f"{train_tar}: unexpected member {m.name!r} (expected <wnid>.tar per class); "
-                                   f"is this ILSVRC2012_img_train.tar? {WHERE}")
-            with tarfile.open(fileobj=outer.extractfile(m)) as inner:
-                inner.extractall(tmp / m.name.removesuffix(".tar"),
-                                 members=check_tar(Path(f"{train_tar}:{m.name}"), inner), filter="data")
+    try:
+        with staged_dir(target, stamp) as tmp, tarfile.open(train_tar) as outer:
+            members = check_tar(train_tar, outer, tmp)
+            check_size(train_tar, sum(m.size for m in members), tmp)
+            for m in tqdm(members, desc="ImageNet train classes", unit="class", disable=None):
+                _extract_class(train_tar, outer, m, tmp)
+    except (tarfile.TarError, EOFError) as e:
+        raise ExtractError(f"{train_tar}: unreadable archive ({e}); delete it and download it again") from None
     return target
+
+
+def _extract_class(train_tar: Path, outer: tarfile.TarFile, m: tarfile.TarInfo, dest: Path) -> None:
+    """One per-class tar nested in the train archive, checked like any archive and named as `outer:inner`."""
+    if not (m.isfile() and CLASS_TAR.fullmatch(m.name)):
+        raise ExtractError(f"{train_tar}: unexpected member {m.name!r} (expected <wnid>.tar per class); "
+                           f"is this ILSVRC2012_img_train.tar? {WHERE}")
+    where = Path(f"{train_tar}:{m.name}")
+    out = dest / m.name.removesuffix(".tar")
+    try:
+        with tarfile.open(fileobj=outer.extractfile(m)) as inner:
+            extract_members(where, inner, check_tar(where, inner, out.parent), out)
+    except (tarfile.TarError, EOFError) as e:
+        raise ExtractError(f"{where}: nested class archive is truncated or unreadable ({e}); delete "
+                           f"{train_tar.name} and download it again") from None
 
 
 EXTRACTORS = {"train": extract_train}

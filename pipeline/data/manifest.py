@@ -32,7 +32,10 @@ def index_hash(manifest: str | Path) -> str | None:
     return json.loads(manifest.read_text())["index_sha256"] if manifest.exists() else None
 
 
-def write_manifest(root: Path, dataset: str, out: Path) -> dict:
+def write_manifest(root: Path, dataset: str, out: Path, unverified: list[str] = ()) -> dict:
+    """`unverified`: archives downloaded on `trust: unverified`, recorded so that every reader sees it."""
     manifest = build_manifest(root, dataset)
+    if unverified:
+        manifest["unverified_archives"] = sorted(unverified)
     atomic_write_text(out, json.dumps(manifest, indent=1) + "\n")
     return manifest

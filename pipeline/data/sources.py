@@ -6,6 +6,7 @@
     <data_root>/<dataset>/                                prepare: the layout training and detectron2 read
     <data_root>/<dataset>.manifest.json                   prepare: file count, bytes, index checksum
     <data_root>/published/<dataset>/                      publish: embedded archives + SHA256SUMS
+    <data_root>/.locks/<dataset>/<file|step>.lock          held by the step working on that archive or dataset
 
 The Snakefile builds its rule patterns with these functions (wildcards pass through), so the two agree.
 """
@@ -68,6 +69,11 @@ def manifest(data_root: str, dataset: str) -> str:
 
 def published(data_root: str, dataset: str) -> str:
     return posixpath.join(data_root, "published", dataset)
+
+
+def lock(data_root: str, dataset: str, name: str) -> str:
+    """The lock of the steps on one archive (download, verify, extract) or of a dataset's prepare or publish."""
+    return posixpath.join(data_root, ".locks", dataset, f"{name}.lock")
 
 
 @functools.lru_cache(maxsize=None)

@@ -3,10 +3,16 @@
 # on a dataset's manifest, never on its files; archives and trees stay out of the DVC cache.
 
 import re
+import shlex
 
 from pipeline.data import sources as data_sources
 
 FILENAMES = sorted({s.filename for d in DATASETS.values() for s in d.sources.values()})
+
+
+# Every value quoted: the config may hold anything.
+DOWNLOAD_ARGS = shlex.join(["--timeout", str(config["download"]["timeout_s"]),
+                            "--retries", str(config["download"]["retries"])])
 
 
 def _alternation(names):
@@ -55,7 +61,7 @@ rule download:
         "logs/download/{dataset}/{archive}.log",
     shell:
         "{PYTHON:q} -m pipeline.data download {wildcards.dataset:q} {wildcards.archive:q} --data-root {DATA:q}"
-        " --log-file {log:q}"
+        " --log-file {log:q} {DOWNLOAD_ARGS}"
 
 
 rule verify:
@@ -67,7 +73,7 @@ rule verify:
         "logs/verify/{dataset}/{archive}.log",
     shell:
         "{PYTHON:q} -m pipeline.data verify {wildcards.dataset:q} {wildcards.archive:q} --data-root {DATA:q}"
-        " --log-file {log:q}"
+        " --log-file {log:q} {DOWNLOAD_ARGS}"
 
 
 rule extract:
