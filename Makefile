@@ -26,4 +26,4 @@ export-env: setup
 		-o envs/requirements.lock.txt
 
 clean-results:
-	rm -rf results logs reports/demo.md
+	rm -rf results logs && git clean -fqX reports && git checkout -- reports/README.md

@@ -4,6 +4,7 @@
     plan TARGET ... [--config k=v]  GPUs, wall time and GPU-hours of a target's jobs; submits nothing
     stale [--root results] [--prune]  work dirs moved aside when a run's settings changed; --prune deletes them
     bench models [--models ...]   parameters, MACs and CPU throughput (reports/bench/models.md)
+    report --table FILE | --all   reports/<target>.{md,html} and the index from gathered results; runs nothing
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ def cmd_stale(args) -> int:
 
 def main(argv=None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... | head` ends quietly
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:  # its own options (pipeline/report.py)
+        from pipeline import report
+
+        return report.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="backbone-repro pipeline tools")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("tables", help="list paper tables and rows with their numbers")
@@ -95,6 +101,8 @@ def main(argv=None) -> int:
     p.add_argument("--prune", action="store_true", help="delete them")
     p.set_defaults(func=cmd_stale)
     bench.add_parser(sub)
+    sub.add_parser("report", help="reports/<target>.{md,html} and reports/index.html from gathered results",
+                   add_help=False)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

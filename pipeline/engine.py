@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import math
 import random
 from pathlib import Path
 
-from pipeline import registry, settings
+from pipeline import paths, registry, settings
 from pipeline.data import sources
 from pipeline.data.extract import MARKER
 from pipeline.data.manifest import index_hash
-from pipeline.io import RunLocked, claim_work_dir, lock_run
+from pipeline.io import RunLocked, atomic_write_json, claim_work_dir, lock_run
 from pipeline.logs import setup_logging
 
 
@@ -123,3 +124,50 @@ def optimizer(groups, name: str, lr: float, nesterov: bool):
 def check_finite(loss: float, where: str, lr: float) -> None:
     if not math.isfinite(loss):
         raise TrainingError(f"loss is {loss} at {where} (lr {lr:.2e}); lower the lr or check the data")
+
+
+def environment(world: int) -> dict:
+    """What a job ran on: software versions, the accelerator and how many processes shared the work."""
+    import platform
+    import socket
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    try:
+        import detectron2
+        d2 = detectron2.__version__
+    except ImportError:
+        d2 = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if cuda else None, "detectron2": d2,
+            "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.machine()})",
+            "gpus": world if cuda else 0, "processes": world, "hostname": socket.gethostname()}
+
+
+def record_run(job_dir: Path, world: int, seconds: float) -> None:
+    """Add this process's run (environment, wall time) to the job's `environment.json`: one entry per start, so
+    that a resumed job's time adds up."""
+    import datetime as dt
+
+    path = Path(job_dir) / paths.ENVIRONMENT
+    runs = json.loads(path.read_text())["runs"] if path.exists() else []
+    runs.append({**environment(world), "seconds": round(seconds, 1),
+                 "finished": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    atomic_write_json(path, {"runs": runs})
+
+
+class History:
+    """Each step's scalars as one JSON line in the job's `history.jsonl` (rank 0); a resumed run appends, and
+    readers keep the last line of a step."""
+
+    def __init__(self, job_dir: Path, rank: int):
+        self.file = open(Path(job_dir) / paths.HISTORY, "a", buffering=1) if rank == 0 else None
+
+    def log(self, **scalars) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(scalars) + "\n")
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()

@@ -169,8 +169,9 @@ def evaluate(cfg: EvaluateSettings, checkpoint: str, data: str, metrics_out: str
     metrics.update({"images": images, "eval_seconds": round(seconds, 1), "time_ms_per_image":
                     round(1000 * seconds / images, 1), "backbone": trained.backbone, "task": t.name,
                     "iters": state.get("iters"), "test_size": [min_size, max_size], "score_thresh": cfg.score_thresh,
-                    "evaluator": t.evaluator})
+                    "evaluator": t.evaluator, "params": sum(p.numel() for p in model.parameters())})
     atomic_write_json(metrics_out, metrics)
+    engine.record_run(Path(metrics_out).parent, 1, seconds)
     shown = {k: round(v, 2) for k, v in metrics.items() if k in ("box_AP", "mask_AP", "mIoU", "mIoU_ms_flip", "PQ")}
     log.info("%s on %s (%d images) -> %s", shown, dataset, images, metrics_out)
     return metrics

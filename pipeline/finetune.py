@@ -347,6 +347,7 @@ def finetune(cfg: FinetuneSettings, files: RunFiles) -> None:
                            "iters": iters, "pretrain_img_size": img_size,
                            "config": {**asdict(cfg), "world_size": world}}, files.output)
         log.info("done in %.0f s -> %s", time.perf_counter() - t0, files.output)
+        engine.record_run(Path(files.output).parent, world, time.perf_counter() - t0)
     comm.synchronize()
 
 

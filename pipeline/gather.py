@@ -8,6 +8,7 @@ with the settings files of the jobs that measured them (and a hash over their va
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import json
 import statistics
@@ -89,9 +90,12 @@ def _row(run: targets.Run, paper_row: dict, scale: str, datasets: dict, seeds: l
         values = [per_seed[s][name] for s in seeds if per_seed[s][name] is not None]
         measured[name] = statistics.fmean(values) if values else None
     return {
-        "id": run.row, "row": paper_row["row"], "backbone": run.backbone, "pretrain": run.pretrain,
+        "id": run.row, "row": paper_row["row"], "kind": run.kind, "backbone": run.backbone, "pretrain": run.pretrain,
         "recipe": run.recipe, "schedule": run.schedule, "baseline": run.baseline,
         "paper": paper_row["metrics"], "measured": measured,
+        "paper_cost": {k: paper_row.get(k) for k in ("params_m", "flops_g", "flops_convention", "resolution")},
+        # What the plan asks of a cluster for each job of the row (one seed): GPUs per node, nodes, minutes.
+        "plan": {job.rule: job.resources(scale) for job in jobs.run_jobs(run, scale, datasets, seeds[0])},
         "per_seed": {str(s): per_seed[s] for s in seeds},
         "all_measured": {str(s): everything[s] for s in seeds},
         "settings": {str(s): files[s] for s in seeds},
@@ -100,16 +104,21 @@ def _row(run: targets.Run, paper_row: dict, scale: str, datasets: dict, seeds: l
     }
 
 
-def gather(target: str, scale: str, seeds: list[int], data_root: str) -> dict:
+def gather(target: str, scale: str, seeds: list[int], data_root: str, rows: list[str] | None = None) -> dict:
+    """The table's measured rows (only `rows` when given: the demo gathers its one row)."""
     exp = targets.experiments()[target]
     datasets = sources.datasets(data_root)
     paper_rows = {r["id"]: r for r in registry.table(exp.paper, exp.table)["rows"]}
+    runs = [run for run in exp.runs if rows is None or run.row in rows]
     return {
         "target": target, "paper": exp.paper, "table": exp.table, "title": exp.title,
+        "paper_name": registry.paper(exp.paper)["name"], "arxiv": registry.paper(exp.paper).get("arxiv"),
         "number": {"value": exp.number, "verified": exp.verified, "note": exp.number_note},
         "scale": scale, "seeds": seeds, "code_version": code_version(),
-        "rows": [_row(run, paper_rows[run.row], scale, datasets, seeds) for run in exp.runs],
-        "not_run": [{"id": rid, "row": paper_rows[rid]["row"], "why": why} for rid, why in exp.skipped],
+        "gathered": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "rows": [_row(run, paper_rows[run.row], scale, datasets, seeds) for run in runs],
+        "not_run": [] if rows else [{"id": rid, "row": paper_rows[rid]["row"], "why": why}
+                                    for rid, why in exp.skipped],
     }
 
 
@@ -120,11 +129,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--rows", help="comma-separated row ids: gather only these (the demo's row)")
+    parser.add_argument("--name", help="the report's name when it is not the target's (the demo)")
     parser.add_argument("--log-file", help="also write the log to this file")
     args = parser.parse_args(argv)
     log = setup_logging(args.log_file, "gather")
     try:
-        doc = gather(args.target, args.scale, [int(s) for s in args.seeds.split(",")], args.data_root)
+        doc = gather(args.target, args.scale, [int(s) for s in args.seeds.split(",")], args.data_root,
+                     args.rows.split(",") if args.rows else None)
+        if args.name:
+            doc["report"] = args.name
     except (registry.ConfigError, FileNotFoundError, KeyError) as e:
         log.error("%s", e)
         return 1

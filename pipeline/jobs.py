@@ -133,4 +133,4 @@ def demo_artifacts(config: dict, datasets: dict) -> dict[str, list[str]]:
     return {"checkpoints": [j.output for j in found if j.rule in ("pretrain", "finetune")],
             "metrics": [j.metrics for j in found if j.metrics],
             "settings": [j.settings for j in found if j.settings],
-            "reports": [paths.DEMO_REPORT]}
+            "reports": [paths.report(paths.DEMO, ext) for ext in ("md", "html")]}

@@ -297,6 +297,20 @@ class SlurmRun:
                               + (f"; the engine's last lines:\n{tail}" if tail else ""))
 
 
+ACCOUNTING = ("JobID", "State", "ElapsedRaw", "AllocTRES", "NodeList", "Start", "End")
+
+
+def write_accounting(job_id: str, out: Path) -> None:
+    """What SLURM's accounting says the job used (each requeue included): the report's GPU-hours under SLURM."""
+    shown = subprocess.run(["sacct", "-n", "-X", "-P", "-D", "-j", str(job_id), "-o", ",".join(ACCOUNTING)],
+                           capture_output=True, text=True)
+    rows = [dict(zip(ACCOUNTING, line.split("|"))) for line in shown.stdout.splitlines() if line.strip()]
+    if shown.returncode == 0 and rows:
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"job_id": str(job_id), "sacct": rows}, indent=1))
+        tmp.replace(out)
+
+
 def _reason(job_id: str) -> str:
     """Why a pending job waits (squeue's reason: Resources, Priority, PartitionConfig, BeginTime, ...)."""
     queued = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%r"], capture_output=True, text=True)
@@ -329,6 +343,7 @@ def launch(args) -> int:
         print(f"launch: {how} slurm job {job.job_id} ({run.record})", file=sys.stderr, flush=True)
         if how != "reusing completed":
             run.wait(job, float(settings["poll_s"]))
+        write_accounting(job.job_id, run.folder / "accounting.json")
     else:
         raise LaunchError(f"config field 'cluster.executor' is {executor!r}; valid: local, slurm")
     missing = [o for o in args.output if not Path(o).exists()]

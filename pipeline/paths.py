@@ -5,6 +5,7 @@ reports; no other module spells these paths.
     results/finetune/<dataset>/<task>/<backbone>/<recipe>/<schedule>/seed<seed>/{settings.yaml,model_final.pth}
     results/evaluate/<dataset>/<task>/<backbone>/<recipe>/<schedule>/seed<seed>/{settings.yaml,metrics.json}
     results/tables/<target>.json
+    reports/<target>.{md,html}, reports/<target>/*.png, reports/index.html, reports/README.md
     logs/<rule>/...
 
 <task> is the detectron2 framework and <dataset> the prepared dataset (the embedded one at smoke scale).
@@ -19,7 +20,13 @@ from pipeline.settings import SETTINGS_FILE
 OUTPUT = {"pretrain": "model.pth", "import_weights": "model.pth", "finetune": "model_final.pth",
           "evaluate": "metrics.json"}
 PRETRAIN_METRICS = "metrics.json"
-DEMO_REPORT = "reports/demo.md"
+# Beside each training or evaluation job's outputs: what it ran on and for how long (one entry per start), and
+# (training) each step's scalars; `state/metrics.json` is detectron2's history of a fine-tuning job.
+ENVIRONMENT = "environment.json"
+HISTORY = "history.jsonl"
+FINETUNE_HISTORY = "state/metrics.json"
+# The demo's one-row table and report are named so (pipeline/report.py report_name).
+DEMO = "demo"
 
 
 def pretrain_dir(data: str, backbone: str, recipe: str, seed) -> str:
@@ -45,6 +52,14 @@ def state(job_dir: str) -> str:
 
 def table(target: str) -> str:
     return f"results/tables/{target}.json"
+
+
+def report(name: str, ext: str) -> str:
+    """A table's report (`md`, `html`); its figures lie in reports/<name>/."""
+    return f"reports/{name}.{ext}"
+
+
+REPORT_INDEX = ("reports/index.html", "reports/README.md")
 
 
 def log(rule: str, job_dir: str) -> str:

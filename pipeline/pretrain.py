@@ -324,11 +324,8 @@ def _leave(world: int) -> None:
         dist.destroy_process_group()
 
 
-def train(cfg: PretrainSettings, root: Path, out, log_file: str | None = None) -> dict:
-    """The whole run (this process's part of it): resumes from the work dir's `last.pth` when there is one."""
-    stop = StopSignal()
-    rank, world, device = init_distributed()
-    log = engine.logger("pretrain", log_file, rank)
+def _start(cfg: PretrainSettings, root: Path, out, rank: int, world: int, log) -> None:
+    """Check the settings against this run's processes, seed, and claim the work dir."""
     if cfg.amp not in ("off", *AMP_DTYPES):
         raise TrainingError(f"amp {cfg.amp!r}: valid values are off, bf16, fp16")
     set_deterministic(cfg.deterministic)
@@ -337,6 +334,14 @@ def train(cfg: PretrainSettings, root: Path, out, log_file: str | None = None) -
         raise TrainingError(f"batch_size {cfg.batch_size} is the global batch; it must divide among {world} processes")
     engine.claim(out.work_dir, engine.fingerprint(cfg, root, skip=("workers", "steps", "checkpoint_every")), log, rank,
                  dist.barrier if world > 1 else lambda: None)
+
+
+def train(cfg: PretrainSettings, root: Path, out, log_file: str | None = None) -> dict:
+    """The whole run (this process's part of it): resumes from the work dir's `last.pth` when there is one."""
+    stop = StopSignal()
+    rank, world, device = init_distributed()
+    log = engine.logger("pretrain", log_file, rank)
+    _start(cfg, root, out, rank, world, log)
     data = build_data(cfg, root)
     t = build_trainer(cfg, data, device, world)
     state_file = out.work_dir / "last.pth"
@@ -348,13 +353,16 @@ def train(cfg: PretrainSettings, root: Path, out, log_file: str | None = None) -
 
     bar = tqdm(total=data.total, initial=t.step, desc=f"pretrain {cfg.backbone}", unit="step", dynamic_ncols=True,
                disable=rank > 0)
+    history = engine.History(Path(out.output).parent, rank)
     start, loss = time.perf_counter(), float("nan")
     t.model.train()
     while t.step < data.total:
         for images, targets in epoch_loader(data, cfg, t.step, rank, world):
+            lr = t.optimizer.param_groups[0]["lr"]
             loss = train_step(t, cfg, images.to(device), targets.to(device), world)
+            history.log(step=t.step, loss=loss, lr=lr)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{t.optimizer.param_groups[0]['lr']:.1e}")
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}")
             if t.step % cfg.checkpoint_every == 0 or t.step % data.per_epoch == 0 or t.step == data.total:
                 save()
                 log.info("step %d/%d loss %.4f, checkpoint %s", t.step, data.total, loss, state_file)
@@ -364,6 +372,9 @@ def train(cfg: PretrainSettings, root: Path, out, log_file: str | None = None) -
                 save()
                 log.info("stop signal: state saved at step %d of %d in %s; run again to resume", t.step,
                          data.total, state_file)
+                history.close()
+                if rank == 0:
+                    engine.record_run(Path(out.output).parent, world, time.perf_counter() - start)
                 bar.close()
                 _leave(world)
                 raise Requeue
@@ -372,6 +383,9 @@ def train(cfg: PretrainSettings, root: Path, out, log_file: str | None = None) -
         _leave(world)
         return {}
     metrics = finish(t, cfg, data, out, device, loss, time.perf_counter() - start)
+    history.log(step=t.step, **{k: metrics[k] for k in ("top1", "top5")})
+    history.close()
+    engine.record_run(Path(out.output).parent, world, time.perf_counter() - start)
     log.info("done: top1 %.1f top5 %.1f on %d val images -> %s", metrics["top1"], metrics["top5"],
              metrics["val_images"], out.output)
     _leave(world)

@@ -1,85 +1,372 @@
-"""Reports that set measured numbers beside the papers' numbers, each with its provenance."""
+"""Reports: every reproduced number beside the paper's, with Δ, a verdict against a stated band, the run's
+deviations from the paper's recipe and each number's provenance, as Markdown and self-contained HTML with plots,
+plus an index of every table.
+
+    python -m pipeline report --table results/tables/pvt_table4.json    # reports/pvt_table4.{md,html}
+    python -m pipeline report --all                                     # every gathered table, and the index
+
+A report reads only what the jobs left: the table JSON (pipeline/gather.py), each job's settings file,
+`environment.json` (what it ran on, for how long), its history (`history.jsonl`, detectron2's
+`state/metrics.json`) and, under SLURM, `slurm/accounting.json`. Nothing is run.
+"""
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import functools
 import json
-import platform
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import registry, settings, targets
-from pipeline.io import atomic_write_text
+from pipeline import paths, registry, settings, targets
+from pipeline.io import waiting_lock
+from pipeline.logs import setup_logging
+
+REPORT_CONFIG = registry.CONFIG_DIR / "report.yaml"
+VERDICTS = ("reproduced", "below", "above", "not measured", "paper value not available", "smoke", "no band")
 
 
-def _num(v) -> str:
-    return "n/a" if v is None else f"{v:.1f}"
+@functools.lru_cache(maxsize=None)
+def report_config(path: str = str(REPORT_CONFIG)) -> dict:
+    doc = registry.load_yaml(path)
+    registry.validate(doc, "report.schema.yaml", Path(path))
+    for kind in doc["kinds"]:
+        if kind["band"] not in doc["bands"]:
+            raise registry.ConfigError(f"{path}: kinds: pattern {kind['pattern']!r} names band {kind['band']!r}; "
+                                       f"bands: {', '.join(doc['bands'])}")
+    return doc
 
 
-def comparison_rows(paper_row: registry.Row, measured: dict) -> list[str]:
-    lines = ["| metric | measured | paper |", "|---|---|---|"]
-    for metric, paper_value in paper_row.metrics.items():
-        paper_txt = _num(paper_value) if paper_value is not None else "paper value not available"
-        lines.append(f"| {metric} | {_num(measured.get(metric))} | {paper_txt} |")
-    lines += ["", f"Paper values: {paper_row['evidence']}, {paper_row['source']}."]
-    return lines
+@dataclass(frozen=True)
+class Band:
+    kind: str
+    width: float
+    source: str
 
 
-def demo_report(row: registry.Row, pretrain_metrics: Path, eval_metrics: Path, settings_files: list[Path],
-                out: Path) -> str:
-    paper = registry.paper(row.paper)
-    table = registry.table(row.paper, row.table)
-    pre = json.loads(Path(pretrain_metrics).read_text())
-    ev = json.loads(Path(eval_metrics).read_text())
-    jobs = {doc["job"]: (doc, path) for path in settings_files for doc in [settings.read(path)]}
-    (pt, pt_file), (ft, ft_file) = jobs["pretrain"], jobs["finetune"]
-    pv, fv = pt["values"], ft["values"]
-    lines = [
-        "# Demo: the whole pipeline at smoke scale",
-        "",
-        "**SMOKE SCALE. These measured numbers are not a reproduction.** The demo runs every stage of the "
-        "real DAG (prepare data, ImageNet pretraining, detectron2 Mask R-CNN fine-tuning, pycocotools "
-        "evaluation) on a few embedded photos for a few steps, to show the pipeline works end to end. "
-        "A real reproduction trains on ImageNet-1k and COCO 2017 with the paper's schedule.",
-        "",
-        f"Compared row: {paper['name']} {table['title']}, `{row.id}`: {row['row']}, {row['task']}, "
-        f"{row['dataset']}, schedule {row['schedule']}, resolution {row['resolution']}.",
-        "",
-        *comparison_rows(row, ev),
-        "",
-        "## Provenance of the measured numbers",
-        "",
-        f"- Backbone `{pre['model']}` pretrained with the `{pt['recipe']}` recipe shrunk by the smoke profile "
-        f"`{pt['smoke']['profile']}`: {pv['steps']} steps (batch {pv['batch_size']}, {pv['img_size']} px) on the "
-        f"embedded ImageNet-format set: top-1 {pre['top1']:.1f} %, top-5 {pre['top5']:.1f} % on its "
-        f"{pre['val_images']} val photos (`{pretrain_metrics}`; settings `{pt_file}`).",
-        f"- Mask R-CNN + FPN (detectron2 v0.6) fine-tuned from that checkpoint with the `{ft['recipe']}` recipe, "
-        f"schedule `{ft['schedule']}` shrunk to {fv['iters']} iterations (batch {fv['batch_size']}, short side "
-        f"{', '.join(map(str, fv['short_side']))}) on the embedded COCO-format train split (settings `{ft_file}`).",
-        f"- Evaluated on the embedded val split ({ev['images']} image) with {ev['evaluator']}, "
-        f"score threshold {ev['score_thresh']} (`{eval_metrics}`).",
-        f"- Paper numbers: `config/papers/{row.paper}.yaml`, table `{row.table}`, row `{row.id}` "
-        f"(evidence `{row['evidence']}`).",
-        f"- Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on "
-        f"{platform.node() or 'unknown host'} ({platform.machine()}, Python {platform.python_version()}).",
-        "",
-    ]
-    text = "\n".join(lines)
-    atomic_write_text(out, text)
-    return text
+def band(metric: str, target: str, config: dict | None = None) -> Band | None:
+    """The tolerance band of a metric in a table (its kind's band, times the table's `widen`); None for metrics
+    without one (throughput, memory, counts)."""
+    config = config or report_config()
+    for kind in config["kinds"]:
+        if re.search(kind["pattern"], metric):
+            b = config["bands"][kind["band"]]
+            return Band(kind["band"], b["band"] * config["widen"].get(target, 1.0), b["source"])
+    return None
+
+
+@dataclass
+class Judgement:
+    metric: str
+    paper: float | None
+    values: list[float]  # one per seed that measured it
+    band: Band | None
+    verdict: str
+    why: str = ""
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.mean is None or self.paper is None else self.mean - self.paper
+
+
+def judge(metric: str, paper: float | None, values: list[float], b: Band | None, scale: str,
+          unmeasured_why: str = "") -> Judgement:
+    """The verdict on one metric of one row: the mean over seeds against the paper's value and the band."""
+    if not values:
+        return Judgement(metric, paper, [], b, "not measured", unmeasured_why)
+    if paper is None:
+        return Judgement(metric, None, values, b, "paper value not available", "the registry holds no value")
+    if scale == "smoke":
+        return Judgement(metric, paper, values, b, "smoke", "smoke scale: a check that the pipeline runs")
+    j = Judgement(metric, paper, values, b, "no band", "a cost metric: Δ only")
+    if b is not None:
+        j.verdict = "reproduced" if abs(j.delta) <= b.width else ("below" if j.delta < 0 else "above")
+        j.why = f"band ±{b.width:g} ({b.kind})"
+    return j
+
+
+def _unmeasured_why(metric: str, row: dict) -> str:
+    measured_any = any(row["all_measured"].get(s) for s in row["all_measured"])
+    if not measured_any:
+        return "no run has finished yet"
+    return f"the pipeline does not measure `{metric}` for this task"
+
+
+def judge_row(row: dict, target: str, scale: str) -> list[Judgement]:
+    out = []
+    for metric, paper in row["paper"].items():
+        values = [v[metric] for v in row["per_seed"].values() if v.get(metric) is not None]
+        out.append(judge(metric, paper, values, band(metric, target), scale, _unmeasured_why(metric, row)))
+    return out
+
+
+# ---- what each job left: settings, environment, history, accounting ----
+
+
+def _job_dirs(row: dict) -> dict[str, dict[str, Path]]:
+    """seed -> job (pretrain, finetune, evaluate) -> its folder, from the settings files the row ran with."""
+    return {seed: {job: Path(f).parent for job, f in files.items()} for seed, files in row["settings"].items()}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def deviations(row: dict, scale: str) -> list[str]:
+    """How the row's runs differ from the paper's recipe, from their resolved settings and what they ran on."""
+    out = [_pretraining_source(row, scale)]
+    first = next(iter(_job_dirs(row).values()), {})
+    for job, folder in first.items():
+        doc = _settings(folder)
+        if doc is None:
+            continue
+        values = doc["values"]
+        for key, was in (doc.get("smoke") or {}).get("replaced", {}).items():
+            ref = doc["provenance"].get(key, {}).get("ref", "")
+            why = f": {ref.split(': ', 1)[1]}" if ": " in ref else ""
+            out.append(f"{job}: `{key}` {_short(was)} → {_short(values.get(key))} (smoke profile "
+                       f"`{doc['smoke']['profile']}`{why})")
+        for key, prov in doc["provenance"].items():
+            if prov.get("from") == "assumed":
+                out.append(f"{job}: `{key}` = {_short(values.get(key))} is assumed ({prov.get('ref')})")
+        ran = (_read_json(folder / paths.ENVIRONMENT) or {}).get("runs") or []
+        if ran and values.get("gpus") and ran[-1]["gpus"] != values["gpus"] * values.get("nodes", 1):
+            out.append(f"{job}: ran on {ran[-1]['processes']} process(es) on {ran[-1]['device']}, the recipe on "
+                       f"{values['gpus'] * values.get('nodes', 1)} GPUs (batch {values.get('batch_size')} in total "
+                       "either way)")
+    return out
+
+
+def _pretraining_source(row: dict, scale: str) -> str:
+    if row["kind"] == "pretrain":
+        return f"ImageNet pretraining with this pipeline's `{row['pretrain']}` recipe"
+    if row["pretrain"] == targets.SUPPLIED:
+        return "backbone weights: supplied by the user (config `pretrained_weights`), not pretrained here"
+    where = "shrunk to smoke scale on the embedded set" if scale == "smoke" else "on ImageNet-1k"
+    return f"backbone weights: this pipeline's `{row['pretrain']}` pretraining, {where}"
+
+
+def _settings(folder: Path) -> dict | None:
+    path = Path(paths.settings(str(folder)))
+    return settings.read(path) if path.exists() else None
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass
+class Usage:
+    """Wall time and GPU-hours of a job: measured by the job, from SLURM's accounting, and the plan's limit."""
+
+    job: str
+    seconds: float | None = None
+    gpu_hours: float | None = None
+    sacct_gpu_hours: float | None = None
+    plan_gpu_hours: float | None = None
+    environment: dict = field(default_factory=dict)
+
+
+def usage(row: dict) -> list[Usage]:
+    out = []
+    for seed, jobs in _job_dirs(row).items():
+        for job, folder in jobs.items():
+            u = Usage(f"{job} (seed {seed})")
+            runs = (_read_json(folder / paths.ENVIRONMENT) or {}).get("runs") or []
+            if runs:
+                u.seconds = sum(r["seconds"] for r in runs)
+                u.gpu_hours = sum(r["seconds"] * r["gpus"] for r in runs) / 3600
+                u.environment = runs[-1]
+            u.sacct_gpu_hours = _sacct_gpu_hours(folder / "slurm" / "accounting.json")
+            plan = row.get("plan", {}).get(job)
+            if plan:
+                u.plan_gpu_hours = plan["gpus"] * plan["nodes"] * plan["minutes"] / 60
+            out.append(u)
+    return out
+
+
+def _sacct_gpu_hours(path: Path) -> float | None:
+    doc = _read_json(path)
+    if not doc:
+        return None
+    total = 0.0
+    for entry in doc["sacct"]:
+        gpus = re.search(r"gres/gpu=(\d+)", entry.get("AllocTRES", ""))
+        total += int(entry.get("ElapsedRaw") or 0) * (int(gpus.group(1)) if gpus else 0) / 3600
+    return total
+
+
+def provenance(row: dict, table: dict) -> list[str]:
+    out = [f"paper value: {row['source']} (evidence `{row['evidence']}`)",
+           f"code: {table['code_version']}", f"settings sha256 over the row's jobs: `{row['settings_sha256'][:16]}`"]
+    for seed, jobs in _job_dirs(row).items():
+        for job, folder in jobs.items():
+            doc = _settings(folder)
+            data = (doc or {}).get("dataset") or {}
+            index = (data.get("index_sha256") or "not prepared")[:16]
+            out.append(f"{job} seed {seed}: settings [{paths.settings(str(folder))}]; data `{data.get('name')}` "
+                       f"manifest index `{index}`")
+    return out
+
+
+# ---- parameters and MACs, in the papers' convention ----
+
+
+@functools.lru_cache(maxsize=None)
+def backbone_cost(backbone: str, resolution: int | None) -> tuple[float, float | None]:
+    """(parameters in millions, MACs in G at `resolution`) of the classifier as registered, counted by fvcore
+    (one multiply-add = one "FLOP", the count the papers' tables give)."""
+    import torch
+
+    import models
+
+    model = models.create(backbone).eval()
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    if not resolution:
+        return params, None
+    from fvcore.nn import FlopCountAnalysis
+
+    with torch.no_grad():
+        count = FlopCountAnalysis(model, torch.zeros(1, 3, resolution, resolution))
+        count.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return params, count.total() / 1e9
+
+
+def cost(row: dict) -> dict:
+    """Paper and measured parameters (M) and MACs (G) of a row: the classifier for ImageNet rows, the whole
+    detector or segmentor (as its evaluation counted it) for dense rows."""
+    paper = row.get("paper_cost") or {}
+    out = {"paper_params_m": paper.get("params_m"), "paper_flops_g": paper.get("flops_g"),
+           "convention": paper.get("flops_convention"), "params_m": None, "flops_g": None}
+    if row["kind"] == "pretrain":
+        resolution = _resolution(paper.get("resolution"))
+        out["params_m"], out["flops_g"] = backbone_cost(row["backbone"], resolution if paper.get("flops_g") else None)
+    else:
+        for measured in row["all_measured"].values():
+            if measured.get("params"):
+                out["params_m"] = measured["params"] / 1e6
+    return out
+
+
+def _resolution(text) -> int | None:
+    found = re.match(r"\s*(\d+)", str(text or ""))
+    return int(found.group(1)) if found else None
+
+
+# ---- the report of one table ----
+
+
+@dataclass
+class RowReport:
+    row: dict
+    judgements: list[Judgement]
+    deviations: list[str]
+    provenance: list[str]
+    usage: list[Usage]
+    cost: dict
+
+
+def analyse(table: dict) -> list[RowReport]:
+    out = []
+    for row in table["rows"]:
+        out.append(RowReport(row, judge_row(row, table["target"], table["scale"]), deviations(row, table["scale"]),
+                             provenance(row, table), usage(row), cost(row)))
+    return out
+
+
+def report_name(table: dict) -> str:
+    """`demo` for the demo's one-row table, else the table target."""
+    return table.get("report") or table["target"]
+
+
+def write_table_report(table_json: Path, reports: Path) -> tuple[Path, Path]:
+    """reports/<name>.md (plots in reports/<name>/) and the self-contained reports/<name>.html."""
+    from pipeline import plots, render
+
+    table = json.loads(Path(table_json).read_text())
+    name = report_name(table)
+    rows = analyse(table)
+    figures = plots.table_figures(table, rows, reports / name)
+    md, html = reports / f"{name}.md", reports / f"{name}.html"
+    render.write_markdown(table, rows, figures, md, table_json)
+    render.write_html(table, rows, figures, html, table_json)
+    return md, html
+
+
+# ---- the index ----
+
+
+def status(table: dict | None) -> str:
+    """not run, smoke, partial (rows measured so far), or how many rows reproduced every judged metric."""
+    if table is None:
+        return "not run"
+    judged = [[j for j in judge_row(row, table["target"], table["scale"]) if j.verdict != "not measured"]
+              for row in table["rows"]]
+    measured, total = sum(1 for r in judged if r), len(table["rows"])
+    if table["scale"] == "smoke":
+        return f"smoke: {measured} of {total} rows ran"
+    if measured < total:
+        return f"partial: {measured} of {total} rows measured"
+    ok = sum(1 for r in judged if all(j.verdict in ("reproduced", "no band", "paper value not available")
+                                      for j in r))
+    return f"{ok} of {total} rows reproduced"
+
+
+def write_index(results: Path, reports: Path) -> tuple[Path, Path]:
+    """reports/index.html and reports/README.md: every table target, its status and its report."""
+    from pipeline import render
+
+    entries = []
+    for target, exp in targets.reproducible().items():
+        table = _read_json(Path(results) / "tables" / f"{target}.json")
+        entries.append({"target": target, "paper": exp.paper, "title": exp.title, "status": status(table),
+                        "report": (reports / f"{target}.html").exists(),
+                        "date": (table or {}).get("gathered"), "commit": (table or {}).get("code_version")})
+    demo = _read_json(Path(results) / "tables" / f"{paths.DEMO}.json")
+    if demo is not None:
+        entries.insert(0, {"target": "demo", "paper": demo["paper"], "title": f"{demo['title']} (demo row)",
+                           "status": status(demo), "report": (reports / "demo.html").exists(),
+                           "date": demo.get("gathered"), "commit": demo.get("code_version")})
+    return render.write_index(entries, reports)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="write reports/demo.md")
-    parser.add_argument("--config", default=str(registry.CONFIG_DIR / "config.yaml"))
-    parser.add_argument("--pretrain-metrics", required=True, type=Path)
-    parser.add_argument("--eval-metrics", required=True, type=Path)
-    parser.add_argument("--settings", nargs="+", required=True, type=Path, help="the demo jobs' settings files")
-    parser.add_argument("--out", required=True, type=Path)
+    parser = argparse.ArgumentParser(prog="python -m pipeline report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", action="append", default=[], type=Path, help="a gathered table JSON")
+    parser.add_argument("--all", action="store_true", help="every table JSON under results/tables")
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--reports", type=Path, default=Path("reports"))
+    parser.add_argument("--log-file", help="also write the log to this file")
     args = parser.parse_args(argv)
-    run = targets.demo_run(registry.load_yaml(Path(args.config)))
-    demo_report(registry.row(run.paper, run.table, run.row), args.pretrain_metrics, args.eval_metrics,
-                args.settings, args.out)
+    log = setup_logging(args.log_file, "report")
+    tables = args.table + (sorted((args.results / "tables").glob("*.json")) if args.all else [])
+    if not tables and not args.all:
+        parser.error("give --table FILE or --all")
+    try:
+        for table_json in tables:
+            md, html = write_table_report(table_json, args.reports)
+            log.info("%s -> %s, %s", table_json, md, html)
+        with waiting_lock(args.reports / ".index.lock", log):  # report jobs running side by side take turns
+            index = write_index(args.results, args.reports)
+        log.info("index -> %s", ", ".join(map(str, index)))
+    except (registry.ConfigError, KeyError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

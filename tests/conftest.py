@@ -77,3 +77,21 @@ def embedded_data(tmp_path_factory):
     for name in ("imagenet", "coco", "ade20k"):
         acquire(f"{name}-embedded", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """(browser, driver): Debian's Chromium and ChromeDriver, installed with apt when missing (needs root)."""
+    import shutil
+
+    found = shutil.which("chromium"), shutil.which("chromedriver")
+    if not all(found):
+        if os.geteuid() != 0:
+            pytest.skip("Chromium is not installed and installing it needs root: apt-get install chromium "
+                        "chromium-driver")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, env=env, timeout=900)
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium", "chromium-driver"],
+                       check=True, capture_output=True, env=env, timeout=1200)
+        found = shutil.which("chromium"), shutil.which("chromedriver")
+    return found

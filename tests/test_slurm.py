@@ -96,6 +96,10 @@ def test_smoke_pretraining_through_the_slurm_profile_requests_a_gpu(slurm, embed
     assert _sacct(slurm, job_id, "State,ReqTRES").startswith("COMPLETED|") and "gres/gpu=1" in _sacct(
         slurm, job_id, "ReqTRES")
     assert (project / target).exists()
+    # What the report's GPU-hours under SLURM read: sacct's record of the job, kept beside its outputs.
+    accounting = json.loads((project / target).with_name("slurm").joinpath("accounting.json").read_text())
+    assert [(e["JobID"], e["State"]) for e in accounting["sacct"]][-1] == (job_id, "COMPLETED")
+    assert int(accounting["sacct"][-1]["ElapsedRaw"]) > 0 and "gres/gpu=1" in accounting["sacct"][-1]["AllocTRES"]
 
 
 def test_preempted_job_requeues_and_resumes_to_identical_weights(slurm, embedded_data, tmp_path):

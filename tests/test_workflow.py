@@ -15,12 +15,13 @@ def test_dry_run_demo_lists_the_whole_dag(tmp_path):
     # the demo is PVT Table 4's PVT-Tiny 1x row, each job with its settings file resolved first.
     assert job_counts(proc.stdout) == {"publish_embedded": 3, "download": 8, "verify": 8, "extract": 8,
                                         "prepare": 3, "resolve_pretrain_settings": 1, "resolve_dense_settings": 2,
-                                        "pretrain": 1, "finetune": 1, "evaluate": 1, "report_demo": 1, "demo": 1}
+                                        "pretrain": 1, "finetune": 1, "evaluate": 1, "gather_demo": 1, "report_pvt": 1,
+                                        "demo": 1}
     for path in ("results/pretrain/imagenet-embedded/pvt_tiny/pvt/seed0/model.pth",
                  "results/finetune/coco-embedded/mask_rcnn/pvt_tiny/pvt_mask_rcnn/1x/seed0/model_final.pth",
                  "results/evaluate/coco-embedded/mask_rcnn/pvt_tiny/pvt_mask_rcnn/1x/seed0/metrics.json",
                  "results/evaluate/coco-embedded/mask_rcnn/pvt_tiny/pvt_mask_rcnn/1x/seed0/settings.yaml",
-                 "reports/demo.md"):
+                 "results/tables/demo.json", "reports/demo.md", "reports/demo.html"):
         assert path in proc.stdout
 
 

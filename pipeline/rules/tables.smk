@@ -1,5 +1,6 @@
 # Paper tables (config/papers/*.yaml `target`): `gather_table` collects a table's rows into
-# results/tables/<target>.json; `<target>` (e.g. pvt_table4, hornet_coco_cascade) asks for it, `table<N>` means
+# results/tables/<target>.json, which its report rule (report.smk) reads; `<target>` (e.g. pvt_table4,
+# hornet_coco_cascade) asks for the report, `table<N>` means
 # the table numbered N of the paper in config, and `all` every reproducible table. What each name means comes
 # from pipeline/targets.py, which `python -m pipeline plan` reads too.
 
@@ -30,7 +31,7 @@ def _tables(name):
         for exp in found:
             if name.startswith("table") and not exp.verified:
                 logger.warning(targets.unverified_number_line(config["paper"], exp.number, exp))
-        return [paths.table(e.target) for e in found]
+        return [paths.report(e.target, ext) for e in found for ext in ("md", "html")]
     return inputs
 
 
