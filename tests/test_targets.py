@@ -158,3 +158,11 @@ def test_a_malformed_config_file_names_its_line(tmp_path):
     proc = run([BIN / "snakemake", "-n", "pvt_table4"], cwd=project, check=False)
     line = next(l for l in (proc.stdout + proc.stderr).splitlines() if "is not valid YAML" in l)
     assert proc.returncode != 0 and f"{config}: line {len(config.read_text().splitlines())} is not" in line
+
+
+def test_a_supplied_baseline_without_weights_starts_random_at_smoke_scale(project):
+    """An empty `pretrained_weights` entry reaches the job as an empty value (a quoted empty string)."""
+    target = "results/pretrain/imagenet-embedded/resnet18_torchvision/supplied/seed0/model.pth"
+    run([BIN / "snakemake", "--profile", "profiles/local", "--config", "data_root=data", "scale=smoke", "--", target],
+        cwd=project)
+    assert (project / target).exists()

@@ -54,5 +54,5 @@ rule import_weights:
         source=lambda wc: config["pretrained_weights"].get(wc.backbone, ""),
         smoke="--allow-random" if SCALE == "smoke" else "",
     shell:
-        "{PYTHON:q} -m pipeline.weights --backbone {wildcards.backbone} --source {params.source:q}"
+        "{PYTHON:q} -m pipeline.weights --backbone {wildcards.backbone} --source={params.source:q}"
         " --output {output.model:q} --seed {wildcards.seed} {params.smoke} --log-file {log:q}"
