@@ -186,7 +186,8 @@ def feature_info(variant: LVTVariant) -> list[dict]:
 
 
 class LVT(nn.Module):
-    """Four stages (strides 4/8/16/32). Classification: mean pool + LN + linear head (the official plain `lvt`).
+    """Four stages (strides 4/8/16/32). Classification: LN on every token, mean pool, linear head (the official
+    plain `lvt`: `head(norm(x).mean(...))`).
     Dense mode is the official detection/segmentation backbone: the four stage outputs without extra norms
     (its `downstream_norms` are Identity)."""
 
@@ -236,7 +237,8 @@ class LVT(nn.Module):
         return [f.permute(0, 3, 1, 2).contiguous() for f in self.forward_tokens(x)]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(x.mean((1, 2))))
+        # Chenglin-Yang/LVT classification/models/lvt.py: the norm is applied to each token before the mean.
+        return self.head(self.norm(x).mean((1, 2)))
 
     def forward(self, x: torch.Tensor):
         if self.features_only:

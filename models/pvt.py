@@ -106,7 +106,12 @@ class Stage(nn.Module):
             Block(dim, num_heads, mlp_ratio, sr_ratio, True, drop, attn_drop, dp, fused_attn) for dp in drop_path)
 
     def position_embedding(self, hw: tuple[int, int]) -> torch.Tensor:
-        """The grid part of pos_embed, bilinearly resized when the input is not the pretraining size."""
+        """The grid part of pos_embed, bilinearly resized when the input is not the pretraining size.
+
+        A departure kept on purpose: whai362/PVT detection/pvt.py skips the resize whenever a stage's token count
+        equals stage 1's (3136, e.g. a 196x256 input at stride 16), adding an embedding laid out for 56x56 to a
+        196x256 grid; this resizes whenever the grid differs, so outputs equal the official code's at every
+        input size except those."""
         pos = self.pos_embed[:, self.extra_tokens:]
         if hw == (self.grid, self.grid):
             return pos

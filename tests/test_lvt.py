@@ -140,3 +140,19 @@ def test_official_segmentation_backbone_checkpoint_loads(tmp_path):
     torch.save(state, path)
     with pytest.raises(models.CheckpointError, match=r"missing keys \['stages.1.blocks.0.attn.q.weight'\]"):
         models.create("lvt", features_only=True, pretrained=path)
+
+
+def test_plain_classifier_normalises_each_token_before_the_mean():
+    """The official plain `lvt` classifies with head(norm(x).mean(...)): LayerNorm per token, then the mean."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = models.create("lvt").eval()
+    with torch.no_grad():
+        for p in (model.norm.weight, model.norm.bias):
+            p.normal_()
+        images = torch.randn(2, 3, 64, 64)
+        tokens = model.forward_tokens(images)[-1]  # (B, H, W, C)
+        normed = F.layer_norm(tokens, tokens.shape[-1:], model.norm.weight, model.norm.bias, model.norm.eps)
+        expected = normed.mean((1, 2)) @ model.head.weight.T + model.head.bias
+        assert torch.allclose(model(images), expected, atol=1e-5)
