@@ -28,6 +28,7 @@ include: "pipeline/rules/common.smk"
 include: "pipeline/rules/data.smk"
 include: "pipeline/rules/pretrain.smk"
 include: "pipeline/rules/finetune.smk"
+include: "pipeline/rules/released.smk"
 include: "pipeline/rules/report.smk"
 include: "pipeline/rules/tables.smk"
 

@@ -37,10 +37,14 @@ def dataset(layout: str, scale: str, datasets: dict) -> str:
 
 def job_resources(rule: str, recipe: str | None, backbone: str | None, schedule: str | None, scale: str) -> dict:
     """GPUs per node, nodes and wall-time minutes of one job: the rules' `resources` and the plan."""
-    if rule not in ("pretrain", "finetune", "evaluate"):
+    if rule not in ("pretrain", "finetune", "evaluate", "evaluate_released"):
         return LOCAL_RESOURCES
     if scale == "smoke":
         return SMOKE_RESOURCES
+    if rule == "evaluate_released":
+        from pipeline import released
+
+        return released.EVALUATE_RESOURCES
     if rule == "pretrain":
         return recipes.resources("pretrain", recipe, backbone)
     if rule == "finetune":
@@ -60,7 +64,9 @@ class Job:
 
     @property
     def output(self) -> str:
-        return self.dir if self.rule == "gather_table" else paths.output(self.dir, self.rule)
+        """The file the job writes (for gathering and fetching jobs, `dir` is that file)."""
+        return self.dir if self.rule in ("gather_table", "gather_released", "fetch_weights") else \
+            paths.output(self.dir, self.rule)
 
     @property
     def settings(self) -> str | None:
@@ -120,6 +126,19 @@ def table_inputs(target: str, scale: str, datasets: dict, seeds: list[int]) -> l
         for job in run_jobs(run, scale, datasets, seed):
             files += [f for f in (job.metrics, job.settings) if f]
     return list(dict.fromkeys(files))
+
+
+def released_jobs(target: str, scale: str, datasets: dict, data_root: str) -> list[Job]:
+    """A `<paper>_released` target's jobs: fetch and evaluate each checkpoint, then gather the table."""
+    from pipeline import released
+
+    imagenet = dataset("imagenet", scale, datasets)
+    found = []
+    for ckpt in released.targets()[target]:
+        found.append(Job("fetch_weights", released.weights_path(data_root, ckpt.paper, ckpt.filename)))
+        found.append(Job("evaluate_released", released.evaluate_dir(imagenet, ckpt.backbone, ckpt.stem), imagenet,
+                         ckpt.backbone))
+    return found + [Job("gather_released", paths.table(target))]
 
 
 def demo_jobs(config: dict, datasets: dict) -> list[Job]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import jobs, registry, targets
+from pipeline import jobs, registry, released, targets
 from pipeline.data import sources
 
 CONFIG = registry.CONFIG_DIR / "config.yaml"
@@ -33,6 +33,9 @@ def _jobs(name: str, config: dict, datasets: dict) -> list[tuple[jobs.Job, str]]
     """(job, its scale) for each job behind a target name; the demo runs at smoke scale."""
     if name == "demo":
         return [(job, "smoke") for job in jobs.demo_jobs(config, datasets)]
+    if name.endswith(released.SUFFIX) and name in released.targets():
+        return [(job, config["scale"]) for job in jobs.released_jobs(name, config["scale"], datasets,
+                                                                     config["data_root"])]
     return [(job, config["scale"]) for exp in targets.resolve(name, config["paper"])
             for job in jobs.jobs(exp.target, config["scale"], datasets, config["seeds"])]
 

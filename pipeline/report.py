@@ -152,8 +152,15 @@ def deviations(row: dict, scale: str) -> list[str]:
 
 
 def _pretraining_source(row: dict, scale: str) -> str:
+    if row.get("released"):
+        r = row["released"]
+        return (f"the authors' released checkpoint `{r['file']}` ({r['url']}), evaluated, not trained here; "
+                f"sha256 `{(r.get('sha256') or 'unknown')[:16]}`, hash {r.get('hash') or 'not checked'}")
     if row["kind"] == "pretrain":
         return f"ImageNet pretraining with this pipeline's `{row['pretrain']}` recipe"
+    if row["pretrain"] == targets.SUPPLIED and scale == "smoke":
+        return ("backbone weights: a seeded random initialisation stands in at smoke scale for the ImageNet weights "
+                "the user supplies (config `pretrained_weights`)")
     if row["pretrain"] == targets.SUPPLIED:
         return "backbone weights: supplied by the user (config `pretrained_weights`), not pretrained here"
     where = "shrunk to smoke scale on the embedded set" if scale == "smoke" else "on ImageNet-1k"
@@ -331,10 +338,14 @@ def write_index(results: Path, reports: Path) -> tuple[Path, Path]:
     """reports/index.html and reports/README.md: every table target, its status and its report."""
     from pipeline import render
 
+    from pipeline import released
+
     entries = []
-    for target, exp in targets.reproducible().items():
+    names = [(t, e.paper, e.title) for t, e in targets.reproducible().items()]
+    names += [(t, ckpts[0].paper, "released ImageNet checkpoints") for t, ckpts in released.targets().items()]
+    for target, paper, title in names:
         table = _read_json(Path(results) / "tables" / f"{target}.json")
-        entries.append({"target": target, "paper": exp.paper, "title": exp.title, "status": status(table),
+        entries.append({"target": target, "paper": paper, "title": title, "status": status(table),
                         "report": (reports / f"{target}.html").exists(),
                         "date": (table or {}).get("gathered"), "commit": (table or {}).get("code_version")})
     demo = _read_json(Path(results) / "tables" / f"{paths.DEMO}.json")

@@ -135,6 +135,9 @@ class EvaluateSettings:
 
 
 ENGINES = {"pretrain": PretrainSettings, "finetune": FinetuneSettings, "evaluate": EvaluateSettings}
+# Jobs whose settings files `read` accepts: the engines', and the evaluation of a released checkpoint
+# (pipeline/released.py), whose values are its paper's test protocol.
+JOBS = (*ENGINES, "evaluate_released")
 # The length a smoke profile always sets, per job.
 LENGTH = {"pretrain": "steps", "finetune": "iters"}
 # Keys a smoke profile sets only where the recipe has them: the kind of resizing the job does.
@@ -251,8 +254,8 @@ def read(path: str | Path) -> dict:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
         raise registry.ConfigError(f"{path}: cannot read the settings file: {e}") from None
-    if not isinstance(doc, dict) or doc.get("job") not in ENGINES or not isinstance(doc.get("values"), dict):
-        raise registry.ConfigError(f"{path}: not a settings file (needs `job`: {', '.join(ENGINES)}, and `values`); "
+    if not isinstance(doc, dict) or doc.get("job") not in JOBS or not isinstance(doc.get("values"), dict):
+        raise registry.ConfigError(f"{path}: not a settings file (needs `job`: {', '.join(JOBS)}, and `values`); "
                                    "the resolve_*_settings rules write them")
     return doc
 

@@ -57,3 +57,16 @@ def test_unknown_target_is_one_line_with_the_valid_ones(project):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "pvt_table12" in proc.stderr and "pvt_table4" in proc.stderr and "hornet_imagenet" in proc.stderr
+
+
+def test_plan_of_a_papers_releases_matches_its_dry_run_and_trains_nothing(project):
+    dry = _dry_run_jobs(run([BIN / "snakemake", "--profile", "profiles/local", "-n", "pvt_released", "--config",
+                             "data_root=data"], cwd=project).stdout)
+    planned = plan.plan(["pvt_released"], plan.load_config(["data_root=data"]), root=project)
+    released = {o: j for o, j in dry.items() if j[0] in ("fetch_weights", "evaluate_released", "gather_released")}
+    assert {r["output"]: r["rule"] for r in planned["jobs"]} == {o: j[0] for o, j in released.items()}
+    assert not any(j[0] in ("pretrain", "finetune") for j in dry.values())
+    for r in planned["jobs"]:
+        _, gpu, nodes, minutes = released[r["output"]]
+        if r["rule"] == "evaluate_released":
+            assert (r["gpus_per_node"], r["nodes"], r["hours"]) == (gpu, nodes, minutes / 60)

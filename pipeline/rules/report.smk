@@ -52,6 +52,7 @@ for _paper in registry.PAPERS:
             "logs/report/{name}.log",
         wildcard_constraints:
             name="|".join([t for t, e in EXPERIMENTS.items() if e.paper == _paper]
+                          + [t for t in RELEASED_TARGETS if t.startswith(f"{_paper}{released.SUFFIX}")]
                           + ([paths.DEMO] if _paper == DEMO_RUN.paper else [])),
         shell:
             "{PYTHON:q} -m pipeline report --table {input.table:q} --log-file {log:q}"

@@ -1,0 +1,87 @@
+# Released checkpoints (config/released.yaml, pipeline/released.py): `fetch_weights` downloads (or links) a file
+# and checks it against the published hash or config/released.lock; `evaluate_released` measures an ImageNet
+# classifier with its paper's test protocol; `<paper>_released` gathers a table JSON against the registry's
+# ImageNet rows and ends in its report. No training: a few GPU-hours for a paper's releases.
+
+import re
+from pathlib import Path
+
+from pipeline import released
+
+RELEASED_TARGETS = released.targets()
+EVALUATE_RELEASED_DIR = released.evaluate_dir("{dataset}", "{backbone}", "{release}")
+IMAGENET = jobs.dataset("imagenet", SCALE, DATASETS)
+
+
+rule fetch_weights:
+    output:
+        released.weights_path(DATA, "{paper}", "{file}"),
+    log:
+        "logs/fetch_weights/{paper}/{file}.log",
+    wildcard_constraints:
+        file="|".join(re.escape(f) for f in released.catalogue()),
+    params:
+        source=lambda wc: config["released_paths"].get(wc.file, ""),
+    shell:
+        "{PYTHON:q} -m pipeline.released fetch {wildcards.file:q} --data-root {DATA:q} --source={params.source:q}"
+        " {DOWNLOAD_ARGS} --log-file {log:q}"
+
+
+def _released_ckpt(wildcards):
+    return next(c for c in released.catalogue().values()
+                if c.backbone == wildcards.backbone and c.stem == wildcards.release)
+
+
+localrules: resolve_released_settings
+
+
+rule resolve_released_settings:
+    output:
+        paths.settings(EVALUATE_RELEASED_DIR),
+    wildcard_constraints:
+        dataset="|".join(SCALE_DATASETS),
+    run:
+        settings.write(output[0], released.settings_doc(_released_ckpt(wildcards), SCALE), wildcards.dataset, DATA)
+
+
+rule evaluate_released:
+    input:
+        settings=paths.settings(EVALUATE_RELEASED_DIR),
+        weights=lambda wc: released.weights_path(DATA, _released_ckpt(wc).paper, _released_ckpt(wc).filename),
+        manifest=lambda wc: data_sources.manifest(DATA, wc.dataset),
+    output:
+        metrics=f"{EVALUATE_RELEASED_DIR}/metrics.json",
+    log:
+        "logs/evaluate_released/{dataset}/{backbone}/{release}.log",
+    params:
+        run_dir=lambda wc, output: str(Path(output.metrics).parent),
+    resources:
+        **resources_of("evaluate_released"),
+    shell:
+        "{LAUNCH} --run-dir {params.run_dir:q} --gpus {resources.gpu} --nodes {resources.nodes}"
+        " --minutes {resources.runtime} --output {output.metrics:q} --"
+        " {PYTHON:q} -m pipeline.released evaluate --settings {input.settings:q} --weights {input.weights:q}"
+        " --metrics {output.metrics:q} --log-file {log:q}"
+
+
+rule gather_released:
+    input:
+        lambda wc: [f"{released.evaluate_dir(IMAGENET, c.backbone, c.stem)}/metrics.json"
+                    for c in RELEASED_TARGETS[wc.target]],
+    output:
+        paths.table("{target}"),
+    log:
+        "logs/gather_table/{target}.log",
+    wildcard_constraints:
+        target="|".join(RELEASED_TARGETS),
+    params:
+        paper=lambda wc: wc.target.removesuffix(released.SUFFIX),
+    shell:
+        "{PYTHON:q} -m pipeline.released gather --paper {params.paper:q} --dataset {IMAGENET:q} --scale {SCALE}"
+        " --data-root {DATA:q} --out {output:q} --log-file {log:q}"
+
+
+for _target in RELEASED_TARGETS:
+    rule:
+        name: _target
+        input: [paths.report(_target, ext) for ext in ("md", "html")]
