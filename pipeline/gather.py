@@ -76,10 +76,10 @@ def _metrics_of(found: list[jobs.Job]) -> dict:
     return out
 
 
-def _row(run: targets.Run, paper_row: dict, scale: str, datasets: dict, seeds: list[int]) -> dict:
+def _row(run: targets.Run, paper_row: dict, scale: str, datasets: dict, seeds: list[int], source="ours") -> dict:
     per_seed, everything, files = {}, {}, {}
     for seed in seeds:
-        found = jobs.run_jobs(run, scale, datasets, seed)
+        found = jobs.run_jobs(run, scale, datasets, seed, source)
         everything[seed] = _metrics_of(found)
         base = _metrics_of(jobs.run_jobs(run.with_backbone(run.baseline), scale, datasets, seed)) \
             if run.baseline else None
@@ -90,12 +90,13 @@ def _row(run: targets.Run, paper_row: dict, scale: str, datasets: dict, seeds: l
         values = [per_seed[s][name] for s in seeds if per_seed[s][name] is not None]
         measured[name] = statistics.fmean(values) if values else None
     return {
-        "id": run.row, "row": paper_row["row"], "kind": run.kind, "backbone": run.backbone, "pretrain": run.pretrain,
+        "id": run.row, "row": paper_row["row"], "kind": run.kind, "backbone": run.backbone,
+        "pretrain": jobs.weights_source(run.backbone, run.pretrain, source) if run.kind == "finetune" else run.pretrain,
         "recipe": run.recipe, "schedule": run.schedule, "baseline": run.baseline,
         "paper": paper_row["metrics"], "measured": measured,
         "paper_cost": {k: paper_row.get(k) for k in ("params_m", "flops_g", "flops_convention", "resolution")},
         # What the plan asks of a cluster for each job of the row (one seed): GPUs per node, nodes, minutes.
-        "plan": {job.rule: job.resources(scale) for job in jobs.run_jobs(run, scale, datasets, seeds[0])},
+        "plan": {job.rule: job.resources(scale) for job in jobs.run_jobs(run, scale, datasets, seeds[0], source)},
         "per_seed": {str(s): per_seed[s] for s in seeds},
         "all_measured": {str(s): everything[s] for s in seeds},
         "settings": {str(s): files[s] for s in seeds},
@@ -104,7 +105,8 @@ def _row(run: targets.Run, paper_row: dict, scale: str, datasets: dict, seeds: l
     }
 
 
-def gather(target: str, scale: str, seeds: list[int], data_root: str, rows: list[str] | None = None) -> dict:
+def gather(target: str, scale: str, seeds: list[int], data_root: str, rows: list[str] | None = None,
+           source="ours") -> dict:
     """The table's measured rows (only `rows` when given: the demo gathers its one row)."""
     exp = targets.experiments()[target]
     datasets = sources.datasets(data_root)
@@ -116,7 +118,8 @@ def gather(target: str, scale: str, seeds: list[int], data_root: str, rows: list
         "number": {"value": exp.number, "verified": exp.verified, "note": exp.number_note},
         "scale": scale, "seeds": seeds, "code_version": code_version(),
         "gathered": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "rows": [_row(run, paper_rows[run.row], scale, datasets, seeds) for run in runs],
+        "pretrain_source": source,
+        "rows": [_row(run, paper_rows[run.row], scale, datasets, seeds, source) for run in runs],
         "not_run": [] if rows else [{"id": rid, "row": paper_rows[rid]["row"], "why": why}
                                     for rid, why in exp.skipped],
     }
@@ -131,12 +134,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", help="comma-separated row ids: gather only these (the demo's row)")
     parser.add_argument("--name", help="the report's name when it is not the target's (the demo)")
+    parser.add_argument("--pretrain-source", default='"ours"', help="config `pretrain_source`, as JSON")
     parser.add_argument("--log-file", help="also write the log to this file")
     args = parser.parse_args(argv)
     log = setup_logging(args.log_file, "gather")
     try:
         doc = gather(args.target, args.scale, [int(s) for s in args.seeds.split(",")], args.data_root,
-                     args.rows.split(",") if args.rows else None)
+                     args.rows.split(",") if args.rows else None, json.loads(args.pretrain_source))
         if args.name:
             doc["report"] = args.name
     except (registry.ConfigError, FileNotFoundError, KeyError) as e:

@@ -82,15 +82,27 @@ class Job:
 
 
 def imagenet_job(backbone: str, pretrain: str, scale: str, datasets: dict, seed) -> Job:
-    """The job that gives a backbone its ImageNet weights: pretraining with `pretrain`, or importing them."""
+    """The job that gives a backbone its ImageNet weights: pretraining with `pretrain`, or importing them (weights
+    the user supplies, or the authors' released checkpoint)."""
     imagenet = dataset("imagenet", scale, datasets)
-    rule = "import_weights" if pretrain == SUPPLIED else "pretrain"
+    rule = {SUPPLIED: "import_weights", RELEASED: "import_released"}.get(pretrain, "pretrain")
     return Job(rule, paths.pretrain_dir(imagenet, backbone, pretrain, seed), imagenet, backbone, pretrain, None, seed)
 
 
-def run_jobs(run: Run, scale: str, datasets: dict, seed: int) -> list[Job]:
+def weights_source(backbone: str, pretrain: str, pretrain_source) -> str:
+    """What a fine-tuning row's backbone starts from: `pretrain` (its recipe, or supplied weights), or the
+    released checkpoint when config `pretrain_source` asks for it (globally or for this backbone) and one exists."""
+    from pipeline import released
+
+    wanted = pretrain_source if isinstance(pretrain_source, str) else \
+        pretrain_source.get(backbone, pretrain_source.get("default", "ours"))
+    return RELEASED if wanted == RELEASED and released.for_backbone(backbone) else pretrain
+
+
+def run_jobs(run: Run, scale: str, datasets: dict, seed: int, pretrain_source="ours") -> list[Job]:
     """The jobs behind one run: its ImageNet weights, then for fine-tuning rows the fine-tuning and evaluation."""
-    found = [imagenet_job(run.backbone, run.pretrain, scale, datasets, seed)]
+    source = weights_source(run.backbone, run.pretrain, pretrain_source) if run.kind == "finetune" else run.pretrain
+    found = [imagenet_job(run.backbone, source, scale, datasets, seed)]
     if run.kind == "finetune":
         framework = recipes.finetune(run.recipe, run.backbone, run.schedule)["framework"]
         data = dataset(tasks.task(framework).layout, scale, datasets)
@@ -98,6 +110,9 @@ def run_jobs(run: Run, scale: str, datasets: dict, seed: int) -> list[Job]:
             where = paths.dense_dir(stage, data, framework, run.backbone, run.recipe, run.schedule, seed)
             found.append(Job(stage, where, data, run.backbone, run.recipe, run.schedule, seed))
     return found
+
+
+RELEASED = "released"
 
 
 def _runs(target: str, seeds: list[int]):
@@ -108,22 +123,22 @@ def _runs(target: str, seeds: list[int]):
                 yield r, seed
 
 
-def jobs(target: str, scale: str, datasets: dict, seeds: list[int]) -> list[Job]:
+def jobs(target: str, scale: str, datasets: dict, seeds: list[int], pretrain_source="ours") -> list[Job]:
     """The training, evaluation and gathering jobs a table target runs (data preparation not included), each
     once, in the order the rows name them."""
     out: dict[str, Job] = {}
     for run, seed in _runs(target, seeds):
-        for job in run_jobs(run, scale, datasets, seed):
+        for job in run_jobs(run, scale, datasets, seed, pretrain_source):
             out.setdefault(job.output, job)
     out[paths.table(target)] = Job("gather_table", paths.table(target))
     return list(out.values())
 
 
-def table_inputs(target: str, scale: str, datasets: dict, seeds: list[int]) -> list[str]:
+def table_inputs(target: str, scale: str, datasets: dict, seeds: list[int], pretrain_source="ours") -> list[str]:
     """Every file `gather_table` reads for a target: each job's metrics and settings."""
     files = []
     for run, seed in _runs(target, seeds):
-        for job in run_jobs(run, scale, datasets, seed):
+        for job in run_jobs(run, scale, datasets, seed, pretrain_source):
             files += [f for f in (job.metrics, job.settings) if f]
     return list(dict.fromkeys(files))
 

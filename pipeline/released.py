@@ -86,6 +86,18 @@ def targets() -> dict[str, list[Checkpoint]]:
     return out
 
 
+def for_backbone(backbone: str) -> Checkpoint | None:
+    """The released ImageNet-1k classifier of a backbone, if its authors released one."""
+    return next((c for c in catalogue().values() if c.backbone == backbone and c.kind == "imagenet1k"), None)
+
+
+def without_release(backbones, pretrain_source) -> list[str]:
+    """The backbones `pretrain_source` sends to released weights that have none (they stay on `ours`)."""
+    wanted = [b for b in backbones if (pretrain_source if isinstance(pretrain_source, str) else
+                                        pretrain_source.get(b, pretrain_source.get("default", "ours"))) == SOURCE]
+    return sorted(b for b in set(wanted) if for_backbone(b) is None)
+
+
 def weights_path(data_root: str, paper: str, filename: str) -> str:
     return f"{data_root}/weights/{paper}/{filename}"
 

@@ -158,6 +158,12 @@ def _pretraining_source(row: dict, scale: str) -> str:
                 f"sha256 `{(r.get('sha256') or 'unknown')[:16]}`, hash {r.get('hash') or 'not checked'}")
     if row["kind"] == "pretrain":
         return f"ImageNet pretraining with this pipeline's `{row['pretrain']}` recipe"
+    if row["pretrain"] == "released":
+        from pipeline import released
+
+        ckpt = released.for_backbone(row["backbone"])
+        return (f"backbone weights: the authors' released ImageNet checkpoint `{ckpt.filename if ckpt else '?'}` "
+                "(config `pretrain_source: released`), converted; no pretraining here")
     if row["pretrain"] == targets.SUPPLIED and scale == "smoke":
         return ("backbone weights: a seeded random initialisation stands in at smoke scale for the ImageNet weights "
                 "the user supplies (config `pretrained_weights`)")

@@ -72,9 +72,9 @@ def test_a_release_behind_a_browser_needs_its_local_path():
 def test_a_release_that_needs_arbitrary_objects_is_refused_unrun(tmp_path):
     (tmp_path / "evil.pth").write_bytes(pickle.dumps({"model": {}, "x": _Touch(tmp_path / "ran")}))
     (tmp_path / "settings.yaml").write_text(yaml.safe_dump(
-        {"job": "evaluate_released", "backbone": "pvt_tiny", "dataset": {"root": str(tmp_path / "imagenet")}, "values": {
-            "resolution": 224, "crop_pct": 0.875, "interpolation": "bicubic", "batch_size": 2,
-            "checkpoint": "evil.pth"}}))
+        {"job": "evaluate_released", "backbone": "pvt_tiny", "dataset": {"root": str(tmp_path / "imagenet")},
+         "values": {"resolution": 224, "crop_pct": 0.875, "interpolation": "bicubic", "batch_size": 2,
+                    "checkpoint": "evil.pth"}}))
     (tmp_path / "imagenet").mkdir()
     proc = run([PYTHON, "-m", "pipeline.released", "evaluate", "--settings", str(tmp_path / "settings.yaml"),
                 "--weights", str(tmp_path / "evil.pth"), "--metrics", str(tmp_path / "m.json")], check=False)
@@ -103,3 +103,41 @@ def test_pvt_releases_are_evaluated_through_the_dag_at_smoke_scale(server, embed
     assert "the authors' released checkpoint `pvt_tiny.pth`" in report
     assert "hash recorded on first download" in report
     assert "MACs" in report  # measured from the built classifier beside the paper's
+
+
+def test_fine_tuning_from_released_weights_drops_the_pretraining_jobs(tmp_path):
+    from conftest import job_counts
+    from pipeline import plan
+
+    project = copy_project(tmp_path / "project")
+    cmd = [BIN / "snakemake", "--profile", "profiles/local", "-n", "pvt_table4", "--config", "data_root=data"]
+    everywhere = run([*cmd, "pretrain_source=released"], cwd=project)
+    counts = job_counts(everywhere.stdout)
+    assert "pretrain" not in counts and counts["import_released"] == 4 and counts["fetch_weights"] == 4
+    warning = next(line for line in (everywhere.stdout + everywhere.stderr).splitlines()
+                   if "no released checkpoint for" in line)
+    assert "resnet50_torchvision" in warning and "pvt_" not in warning
+    one = job_counts(run([*cmd, "pretrain_source={default: ours, pvt_small: released}"], cwd=project).stdout)
+    assert (one["import_released"], one["pretrain"]) == (1, 3)
+    ours = plan.plan(["pvt_table4"], plan.load_config(["data_root=data"]), root=project)
+    mine = plan.plan(["pvt_table4"], plan.load_config(["data_root=data", "pretrain_source=released"]), root=project)
+    pretraining = sum(r["gpu_hours"] for r in ours["jobs"] if r["rule"] == "pretrain")
+    assert pretraining > 0 and mine["total"]["gpu_hours"] == ours["total"]["gpu_hours"] - pretraining
+    assert {r["rule"] for r in mine["jobs"]} >= {"import_released", "finetune", "evaluate"}
+
+
+def test_a_released_checkpoint_enters_fine_tuning_in_the_projects_layout(tmp_path):
+    """fetch_weights links a local copy (released_paths), import_released converts it: the weights are the
+    release's, key for key."""
+    project = copy_project(tmp_path / "project")
+    (tmp_path / "pvt_tiny.pth").write_bytes(_release("pvt_tiny"))
+    (project / "released-test.yaml").write_text(yaml.safe_dump({"released_paths": {
+        "pvt_tiny.pth": str(tmp_path / "pvt_tiny.pth")}}))
+    target = "results/pretrain/imagenet-embedded/pvt_tiny/released/seed0/model.pth"
+    run([BIN / "snakemake", "--profile", "profiles/local", "--configfiles", "config/config.yaml",
+         "released-test.yaml", "--config", "scale=smoke", f"data_root={tmp_path / 'data'}", "--", target],
+        cwd=project)
+    torch.manual_seed(0)
+    reference = models.create("pvt_tiny").state_dict()
+    imported = torch.load(project / target, weights_only=True)["model"]
+    assert imported.keys() == reference.keys() and all(torch.equal(imported[k], reference[k]) for k in reference)

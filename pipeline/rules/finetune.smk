@@ -1,7 +1,7 @@
 # detectron2 fine-tuning and evaluation, one job per dataset, task (framework), backbone, recipe, schedule and
 # seed, each run from its resolved settings file. The ImageNet weights come from the backbone family's
-# pretraining recipe, or are user-supplied. Fine-tuning runs one task per node, which starts a process per GPU
-# (detectron2's launch, pipeline/finetune.py).
+# pretraining recipe, are user-supplied, or are the authors' released checkpoint (`pretrain_source: released`).
+# Fine-tuning runs one task per node, which starts a process per GPU (detectron2's launch, pipeline/finetune.py).
 
 from pipeline.tasks import TASKS
 
@@ -11,9 +11,11 @@ EVALUATE_DIR = paths.dense_dir("evaluate", *JOB)
 
 
 def pretrained_checkpoint(wildcards) -> str:
-    """The ImageNet checkpoint a fine-tuning job starts from (same seed, same scale)."""
+    """The ImageNet checkpoint a fine-tuning job starts from (same seed, same scale): its recipe's pretraining,
+    supplied weights, or the released checkpoint (config `pretrain_source`)."""
     backbone = wildcards.backbone
-    return jobs.imagenet_job(backbone, targets.default_pretrain(backbone), SCALE, DATASETS, wildcards.seed).output
+    source = jobs.weights_source(backbone, targets.default_pretrain(backbone), config["pretrain_source"])
+    return jobs.imagenet_job(backbone, source, SCALE, DATASETS, wildcards.seed).output
 
 
 rule resolve_dense_settings:

@@ -81,6 +81,31 @@ rule gather_released:
         " --data-root {DATA:q} --out {output:q} --log-file {log:q}"
 
 
+# Fine-tuning from released weights (`pretrain_source: released`): the fetched checkpoint, checked against the
+# model and written in the project's layout in place of a pretraining job's output.
+rule import_released:
+    input:
+        lambda wc: released.weights_path(DATA, released.for_backbone(wc.backbone).paper,
+                                         released.for_backbone(wc.backbone).filename),
+    output:
+        model=paths.output(paths.pretrain_dir("{dataset}", "{backbone}", jobs.RELEASED, "{seed}"), "import_released"),
+    log:
+        paths.log("import_released", paths.pretrain_dir("{dataset}", "{backbone}", jobs.RELEASED, "{seed}")),
+    wildcard_constraints:
+        dataset="|".join(SCALE_DATASETS),
+        backbone="|".join(sorted({c.backbone for c in released.catalogue().values()}, key=len, reverse=True)),
+    shell:
+        "{PYTHON:q} -m pipeline.weights --backbone {wildcards.backbone} --source={input:q} --output {output.model:q}"
+        " --log-file {log:q}"
+
+
+_WITHOUT = released.without_release({r.backbone for e in EXPERIMENTS.values() for r in e.runs
+                                     if r.kind == "finetune"}, config["pretrain_source"])
+if _WITHOUT:
+    logger.warning(f"pretrain_source: no released checkpoint for {', '.join(_WITHOUT)}; their rows use this "
+                   "pipeline's pretraining (or supplied weights)")
+
+
 for _target in RELEASED_TARGETS:
     rule:
         name: _target

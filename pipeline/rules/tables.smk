@@ -7,7 +7,7 @@
 
 rule gather_table:
     input:
-        lambda wc: jobs.table_inputs(wc.target, SCALE, DATASETS, SEEDS),
+        lambda wc: jobs.table_inputs(wc.target, SCALE, DATASETS, SEEDS, config["pretrain_source"]),
     output:
         paths.table("{target}"),
     log:
@@ -16,9 +16,10 @@ rule gather_table:
         target="|".join(targets.reproducible()),
     params:
         seeds=",".join(map(str, SEEDS)),
+        source=json.dumps(config["pretrain_source"]),
     shell:
         "{PYTHON:q} -m pipeline.gather --target {wildcards.target} --scale {SCALE} --seeds {params.seeds}"
-        " --data-root {DATA:q} --out {output:q} --log-file {log:q}"
+        " --pretrain-source {params.source:q} --data-root {DATA:q} --out {output:q} --log-file {log:q}"
 
 
 def _tables(name):
