@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline import paths, recipes, registry, targets, tasks
+from pipeline import paths, recipes, registry, released, targets, tasks
 from pipeline.targets import SUPPLIED, Run, experiments
 
 SCALES = ("full", "smoke")
@@ -42,8 +42,6 @@ def job_resources(rule: str, recipe: str | None, backbone: str | None, schedule:
     if scale == "smoke":
         return SMOKE_RESOURCES
     if rule == "evaluate_released":
-        from pipeline import released
-
         return released.EVALUATE_RESOURCES
     if rule == "pretrain":
         return recipes.resources("pretrain", recipe, backbone)
@@ -85,18 +83,15 @@ def imagenet_job(backbone: str, pretrain: str, scale: str, datasets: dict, seed)
     """The job that gives a backbone its ImageNet weights: pretraining with `pretrain`, or importing them (weights
     the user supplies, or the authors' released checkpoint)."""
     imagenet = dataset("imagenet", scale, datasets)
-    rule = {SUPPLIED: "import_weights", RELEASED: "import_released"}.get(pretrain, "pretrain")
+    rule = {SUPPLIED: "import_weights", released.SOURCE: "import_released"}.get(pretrain, "pretrain")
     return Job(rule, paths.pretrain_dir(imagenet, backbone, pretrain, seed), imagenet, backbone, pretrain, None, seed)
 
 
 def weights_source(backbone: str, pretrain: str, pretrain_source) -> str:
     """What a fine-tuning row's backbone starts from: `pretrain` (its recipe, or supplied weights), or the
     released checkpoint when config `pretrain_source` asks for it (globally or for this backbone) and one exists."""
-    from pipeline import released
-
-    wanted = pretrain_source if isinstance(pretrain_source, str) else \
-        pretrain_source.get(backbone, pretrain_source.get("default", "ours"))
-    return RELEASED if wanted == RELEASED and released.for_backbone(backbone) else pretrain
+    wanted = released.requested(backbone, pretrain_source)
+    return released.SOURCE if wanted == released.SOURCE and released.for_backbone(backbone) else pretrain
 
 
 def run_jobs(run: Run, scale: str, datasets: dict, seed: int, pretrain_source="ours") -> list[Job]:
@@ -110,9 +105,6 @@ def run_jobs(run: Run, scale: str, datasets: dict, seed: int, pretrain_source="o
             where = paths.dense_dir(stage, data, framework, run.backbone, run.recipe, run.schedule, seed)
             found.append(Job(stage, where, data, run.backbone, run.recipe, run.schedule, seed))
     return found
-
-
-RELEASED = "released"
 
 
 def _runs(target: str, seeds: list[int]):
@@ -145,8 +137,6 @@ def table_inputs(target: str, scale: str, datasets: dict, seeds: list[int], pret
 
 def released_jobs(target: str, scale: str, datasets: dict, data_root: str) -> list[Job]:
     """A `<paper>_released` target's jobs: fetch and evaluate each checkpoint, then gather the table."""
-    from pipeline import released
-
     imagenet = dataset("imagenet", scale, datasets)
     found = []
     for ckpt in released.targets()[target]:

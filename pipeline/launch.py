@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from pipeline import registry
+from pipeline.io import atomic_write_json
 from pipeline.preempt import REQUEUE_EXIT
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
@@ -261,10 +262,8 @@ class SlurmRun:
         return job
 
     def _write_record(self, job_id: str) -> None:
-        tmp = self.record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"job_id": job_id, "name": self.name, "command": self.command,
-                                   "inputs": self.inputs, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
-        tmp.replace(self.record)
+        atomic_write_json(self.record, {"job_id": job_id, "name": self.name, "command": self.command,
+                                        "inputs": self.inputs, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def wait(self, job, poll_s: float, unknown_s: float = 300) -> None:
         last_state, shown = None, 0
@@ -306,9 +305,7 @@ def write_accounting(job_id: str, out: Path) -> None:
                            capture_output=True, text=True)
     rows = [dict(zip(ACCOUNTING, line.split("|"))) for line in shown.stdout.splitlines() if line.strip()]
     if shown.returncode == 0 and rows:
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"job_id": str(job_id), "sacct": rows}, indent=1))
-        tmp.replace(out)
+        atomic_write_json(out, {"job_id": str(job_id), "sacct": rows})
 
 
 def _reason(job_id: str) -> str:

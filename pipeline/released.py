@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -91,11 +90,16 @@ def for_backbone(backbone: str) -> Checkpoint | None:
     return next((c for c in catalogue().values() if c.backbone == backbone and c.kind == "imagenet1k"), None)
 
 
+def requested(backbone: str, pretrain_source) -> str:
+    """What config `pretrain_source` (`ours`/`released`, or per backbone with a `default`) asks for a backbone."""
+    if isinstance(pretrain_source, str):
+        return pretrain_source
+    return pretrain_source.get(backbone, pretrain_source.get("default", "ours"))
+
+
 def without_release(backbones, pretrain_source) -> list[str]:
     """The backbones `pretrain_source` sends to released weights that have none (they stay on `ours`)."""
-    wanted = [b for b in backbones if (pretrain_source if isinstance(pretrain_source, str) else
-                                        pretrain_source.get(b, pretrain_source.get("default", "ours"))) == SOURCE]
-    return sorted(b for b in set(wanted) if for_backbone(b) is None)
+    return sorted(b for b in set(backbones) if requested(b, pretrain_source) == SOURCE and for_backbone(b) is None)
 
 
 def weights_path(data_root: str, paper: str, filename: str) -> str:
@@ -191,9 +195,9 @@ def evaluate(settings_file: Path, weights: Path, data: Path | None, metrics_out:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metrics = pretrain.evaluate(model.to(device), loader, False, device)
     seconds = time.perf_counter() - start
-    metrics.update({"model": doc["backbone"], "checkpoint": v["checkpoint"], "weights_sha256": file_hash(weights,
-                    "sha256"), "params": sum(p.numel() for p in model.parameters()),
-                    "eval_seconds": round(seconds, 1)})
+    # The file's hash is in the verification record fetch_weights wrote beside it (the table reads it there).
+    metrics.update({"model": doc["backbone"], "checkpoint": v["checkpoint"],
+                    "params": sum(p.numel() for p in model.parameters()), "eval_seconds": round(seconds, 1)})
     atomic_write_json(metrics_out, metrics)
     engine.record_run(Path(metrics_out).parent, 1, seconds)
     log.info("%s: top1 %.2f top5 %.2f on %d val images -> %s", v["checkpoint"], metrics["top1"], metrics["top5"],

@@ -21,12 +21,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import paths, registry, settings, targets
+from pipeline import paths, registry, released, settings, targets
 from pipeline.io import waiting_lock
 from pipeline.logs import setup_logging
 
 REPORT_CONFIG = registry.CONFIG_DIR / "report.yaml"
-VERDICTS = ("reproduced", "below", "above", "not measured", "paper value not available", "smoke", "no band")
 
 
 @functools.lru_cache(maxsize=None)
@@ -158,9 +157,7 @@ def _pretraining_source(row: dict, scale: str) -> str:
                 f"sha256 `{(r.get('sha256') or 'unknown')[:16]}`, hash {r.get('hash') or 'not checked'}")
     if row["kind"] == "pretrain":
         return f"ImageNet pretraining with this pipeline's `{row['pretrain']}` recipe"
-    if row["pretrain"] == "released":
-        from pipeline import released
-
+    if row["pretrain"] == released.SOURCE:
         ckpt = released.for_backbone(row["backbone"])
         return (f"backbone weights: the authors' released ImageNet checkpoint `{ckpt.filename if ckpt else '?'}` "
                 "(config `pretrain_source: released`), converted; no pretraining here")
@@ -343,8 +340,6 @@ def status(table: dict | None) -> str:
 def write_index(results: Path, reports: Path) -> tuple[Path, Path]:
     """reports/index.html and reports/README.md: every table target, its status and its report."""
     from pipeline import render
-
-    from pipeline import released
 
     entries = []
     names = [(t, e.paper, e.title) for t, e in targets.reproducible().items()]

@@ -88,9 +88,9 @@ rule import_released:
         lambda wc: released.weights_path(DATA, released.for_backbone(wc.backbone).paper,
                                          released.for_backbone(wc.backbone).filename),
     output:
-        model=paths.output(paths.pretrain_dir("{dataset}", "{backbone}", jobs.RELEASED, "{seed}"), "import_released"),
+        model=paths.output(paths.pretrain_dir("{dataset}", "{backbone}", released.SOURCE, "{seed}"), "import_released"),
     log:
-        paths.log("import_released", paths.pretrain_dir("{dataset}", "{backbone}", jobs.RELEASED, "{seed}")),
+        paths.log("import_released", paths.pretrain_dir("{dataset}", "{backbone}", released.SOURCE, "{seed}")),
     wildcard_constraints:
         dataset="|".join(SCALE_DATASETS),
         backbone="|".join(sorted({c.backbone for c in released.catalogue().values()}, key=len, reverse=True)),
