@@ -112,14 +112,42 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
-    # Detection/segmentation checkpoints hold the backbone under `backbone.`; the filters see bare keys.
-    raw = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in read_checkpoint(path).items()}
+# Top-level parts of mmdet/mmseg models besides the backbone: a file with any of them is a whole detector or
+# segmentor, of which a backbone takes the `backbone.*` keys.
+DENSE_PARTS = ("neck.", "decode_head.", "auxiliary_head.", "rpn_head.", "roi_head.", "bbox_head.", "mask_head.",
+               "semantic_head.", "panoptic_head.", "panoptic_fusion_head.")
+
+
+def backbone_keys(state: dict, path: str | Path) -> dict:
+    """The keys a backbone reads from a checkpoint: all of a classifier's; a whole detector's or segmentor's
+    `backbone.*` (the rest is named in one log line)."""
+    if not any(k.startswith(DENSE_PARTS) for k in state):
+        return state
+    others = [k for k in state if not k.startswith("backbone.")]
+    logging.getLogger("models").info("%s: a whole detector/segmentor; the backbone leaves out %d keys: %s", path,
+                                     len(others), _summary(others))
+    return {k: v for k, v in state.items() if k.startswith("backbone.")}
+
+
+def _bare(state: dict) -> dict:
+    """Detection/segmentation checkpoints hold the backbone under `backbone.`; the filters see bare keys."""
+    return {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in state.items()}
+
+
+def convert(name: str, state: dict, model: nn.Module, path: str | Path) -> dict:
+    """A checkpoint's keys in `model`'s layout through its family's filter."""
+    raw = _bare(state)
     filt = _FILTERS.get(name)
     try:
-        state = filt(raw, model) if filt is not None else raw
+        return filt(raw, model) if filt is not None else raw
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: {e.args[0] if e.args else e}") from None
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
+    given = backbone_keys(read_checkpoint(path), path)
+    state = convert(name, given, model, path)
+    raw, filt = _bare(given), _FILTERS.get(name)
     # Unexpected keys are reported as the file names them (where a key maps one-to-one); keys the filter leaves
     # out (a dense model's classifier head, cls token, ...) are named in one log line.
     origin, dropped = {}, []

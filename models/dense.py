@@ -19,7 +19,11 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers
 from torch import nn
 
+import logging
+import re
+
 import models
+from models._registry import CheckpointError, _first, _summary, read_checkpoint
 from models.heads import HorFPN, SegFormerHead, UperNetHead
 
 # Torchvision/timm ImageNet statistics in 0-255 RGB: the project's backbones are pretrained with them.
@@ -52,6 +56,7 @@ class RegistryBackbone(Backbone):
     def __init__(self, name: str, out_features: list[str] | None = None, pretrained: str | None = None,
                  freeze_at: int = 0, norm: str = "BN", **overrides):
         super().__init__()
+        self.model_name = name
         self.net = convert_norm(models.create(name, features_only=True, pretrained=pretrained, **overrides), norm)
         info = self.net.feature_info
         self._all_features = [f["name"] for f in info]
@@ -242,3 +247,77 @@ def retinanet(backbone: str, num_classes: int = 80, pretrained: str | None = Non
                                                 in_feature=info[-1]["name"])
     model.num_classes = num_classes
     return model
+
+
+# ---- checkpoint mapping: whole mmseg segmentors ----
+
+_NECK = re.compile(r"neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.(.+)")
+_SCALE_HEAD = re.compile(r"decode_head\.scale_heads\.(\d+)\.(\d+)\.(conv|bn|gn)\.(.+)")
+
+
+def _registry_backbone(model: nn.Module) -> tuple[str, RegistryBackbone]:
+    return next((name, m) for name, m in model.named_modules() if isinstance(m, RegistryBackbone))
+
+
+def _fpn_levels(model: nn.Module) -> list[str]:
+    return sorted((n[len("fpn_lateral"):] for n, _ in model.backbone.named_children() if n.startswith("fpn_lateral")),
+                  key=int)
+
+
+def _head_key(key: str, model: nn.Module) -> str:
+    """One mmseg neck/head key in `model`'s layout: mmseg's `FPN` neck and `FPNHead` as detectron2's `FPN` and
+    `SemSegFPNHead` (the same maths: lateral 1×1, nearest top-down sums, 3×3 outputs; per-level 3×3 conv + norm +
+    ReLU + ×2 bilinear stacks, summed, 1×1 classifier); this project's own heads have mmseg's keys."""
+    head = model.sem_seg_head
+    m = _NECK.fullmatch(key)
+    if m:
+        kind = "fpn_lateral" if m[1] == "lateral_convs" else "fpn_output"
+        return f"backbone.{kind}{_fpn_levels(model)[int(m[2])]}.{m[3]}"
+    if isinstance(head, SemSegFPNHead):
+        m = _SCALE_HEAD.fullmatch(key)
+        if m:
+            part = "" if m[3] == "conv" else "norm."
+            return f"sem_seg_head.{head.in_features[int(m[1])]}.{m[2]}.{part}{m[4]}"
+        return key.replace("decode_head.conv_seg.", "sem_seg_head.predictor.", 1)
+    if key.startswith("auxiliary_head."):
+        return "sem_seg_head." + key
+    return key.replace("decode_head.", "sem_seg_head.", 1)
+
+
+def mmseg_state_dict(state: dict, model: nn.Module, path: str) -> dict:
+    """A whole mmseg segmentor's weights (`backbone.`, `neck.`, `decode_head.`, `auxiliary_head.`) in the keys of
+    `model`, a `SemanticSegmentor` built by `semantic_segmentor` or `semantic_fpn`: the backbone through its
+    family's converter, the rest key for key. Keys the original head builds and never uses (`unused_keys`) are
+    left out, in one log line."""
+    where, backbone = _registry_backbone(model)
+    bb = {k: v for k, v in state.items() if k.startswith("backbone.")}
+    out = {f"{where}.net.{k}": v for k, v in models.convert(backbone.model_name, bb, backbone.net, path).items()}
+    unused = tuple(f"sem_seg_head.{k}" for k in getattr(model.sem_seg_head, "unused_keys", ()))
+    dropped = []
+    for key, value in state.items():
+        if key in bb:
+            continue
+        mapped = _head_key(key, model)
+        if mapped.startswith(unused):
+            dropped.append(key)
+        else:
+            out[mapped] = value
+    if dropped:
+        logging.getLogger("models").info("%s: leaves out %d keys the original head does not use: %s", path,
+                                         len(dropped), _summary(dropped))
+    return out
+
+
+def load_mmseg(model: nn.Module, path: str) -> None:
+    """Load a released mmseg segmentor into `model` strictly: every key and shape, or one CheckpointError line."""
+    state = mmseg_state_dict(read_checkpoint(path), model, path)
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: not a segmentor of this architecture: missing keys {_first(missing)}; "
+                              f"unexpected keys {_first(unexpected)}")
+    bad = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+           if state[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"{path}: shape mismatch: {'; '.join(bad[:5])}")
+    model.load_state_dict(state)

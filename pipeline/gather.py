@@ -49,7 +49,8 @@ def _numbers(path: str) -> dict:
 
 def measured_value(name: str, run_metrics: dict, baseline_metrics: dict | None):
     """A registry metric from measured ones: the same key; `top1_err` = 100 - top1; `X_delta[...]` = X of the
-    run minus X of its baseline; `mIoU_ss` = the single-scale mIoU. None when the pipeline does not measure it."""
+    run minus X of its baseline; `mIoU_ss` = the single-scale mIoU (as `mIoU_code`/`mIoU_paper`, PVT's README
+    columns of one single-scale number). None when the pipeline does not measure it."""
     if name in run_metrics:
         return run_metrics[name]
     by_lower = {k.lower(): v for k, v in run_metrics.items()}
@@ -57,7 +58,7 @@ def measured_value(name: str, run_metrics: dict, baseline_metrics: dict | None):
         return by_lower[name.lower()]
     if name == "top1_err" and "top1" in run_metrics:
         return 100.0 - run_metrics["top1"]
-    if name == "mIoU_ss":
+    if name in ("mIoU_ss", "mIoU_code", "mIoU_paper"):
         return run_metrics.get("mIoU")
     if "_delta" in name and baseline_metrics is not None:
         base = name.split("_delta")[0]

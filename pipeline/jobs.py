@@ -35,14 +35,16 @@ def dataset(layout: str, scale: str, datasets: dict) -> str:
     return sorted(names)[0]
 
 
-def job_resources(rule: str, recipe: str | None, backbone: str | None, schedule: str | None, scale: str) -> dict:
-    """GPUs per node, nodes and wall-time minutes of one job: the rules' `resources` and the plan."""
+def job_resources(rule: str, recipe: str | None, backbone: str | None, schedule: str | None, scale: str,
+                  release: str | None = None) -> dict:
+    """GPUs per node, nodes and wall-time minutes of one job: the rules' `resources` and the plan (`release`: the
+    file stem of a released checkpoint's evaluation)."""
     if rule not in ("pretrain", "finetune", "evaluate", "evaluate_released"):
         return LOCAL_RESOURCES
     if scale == "smoke":
         return SMOKE_RESOURCES
     if rule == "evaluate_released":
-        return released.EVALUATE_RESOURCES
+        return released.EVALUATE_RESOURCES[released.by_stem(backbone, release).kind]
     if rule == "pretrain":
         return recipes.resources("pretrain", recipe, backbone)
     if rule == "finetune":
@@ -59,6 +61,7 @@ class Job:
     recipe: str | None = None
     schedule: str | None = None
     seed: int | None = None
+    release: str | None = None  # a released checkpoint's file stem
 
     @property
     def output(self) -> str:
@@ -76,7 +79,7 @@ class Job:
         return {"pretrain": f"{self.dir}/{paths.PRETRAIN_METRICS}", "evaluate": self.output}.get(self.rule)
 
     def resources(self, scale: str) -> dict:
-        return job_resources(self.rule, self.recipe, self.backbone, self.schedule, scale)
+        return job_resources(self.rule, self.recipe, self.backbone, self.schedule, scale, self.release)
 
 
 def imagenet_job(backbone: str, pretrain: str, scale: str, datasets: dict, seed) -> Job:
@@ -136,13 +139,17 @@ def table_inputs(target: str, scale: str, datasets: dict, seeds: list[int], pret
 
 
 def released_jobs(target: str, scale: str, datasets: dict, data_root: str) -> list[Job]:
-    """A `<paper>_released` target's jobs: fetch and evaluate each checkpoint, then gather the table."""
-    imagenet = dataset("imagenet", scale, datasets)
+    """A `<paper>_released` target's jobs: fetch each checkpoint (and convert a segmentor), evaluate it, then
+    gather the table."""
     found = []
     for ckpt in released.targets()[target]:
+        data = released.dataset_of(ckpt, scale, datasets)
         found.append(Job("fetch_weights", released.weights_path(data_root, ckpt.paper, ckpt.filename)))
-        found.append(Job("evaluate_released", released.evaluate_dir(imagenet, ckpt.backbone, ckpt.stem), imagenet,
-                         ckpt.backbone))
+        if ckpt.kind == "segmentor":
+            found.append(Job("convert_released", released.model_dir(data, ckpt.backbone, ckpt.stem), data,
+                             ckpt.backbone, release=ckpt.stem))
+        found.append(Job("evaluate_released", released.evaluate_dir(data, ckpt.backbone, ckpt.stem), data,
+                         ckpt.backbone, release=ckpt.stem))
     return found + [Job("gather_released", paths.table(target))]
 
 

@@ -19,7 +19,7 @@ from pipeline.settings import SETTINGS_FILE
 # The file each job writes, in its job directory.
 OUTPUT = {"pretrain": "model.pth", "import_weights": "model.pth", "finetune": "model_final.pth",
           "evaluate": "metrics.json", "evaluate_released": "metrics.json",
-          "import_released": "model.pth"}
+          "import_released": "model.pth", "convert_released": "model_final.pth"}
 PRETRAIN_METRICS = "metrics.json"
 # Beside each training or evaluation job's outputs: what it ran on and for how long (one entry per start), and
 # (training) each step's scalars; `state/metrics.json` is detectron2's history of a fine-tuning job.

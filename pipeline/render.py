@@ -12,10 +12,11 @@ from pathlib import Path
 
 from pipeline.io import atomic_write_text
 
-SMOKE_BANNER = ("**SMOKE SCALE. These measured numbers are not a reproduction.** Every stage of the real DAG ran "
-                "(data preparation, ImageNet pretraining, detectron2 fine-tuning, evaluation) on a few embedded "
-                "photos for a few steps, to show the pipeline works end to end; no verdict applies. A real "
-                "reproduction trains on ImageNet-1k, COCO 2017 or ADE20K with the paper's schedule.")
+SMOKE_BANNER = ("**SMOKE SCALE. These measured numbers are not a reproduction.** Every job of this target's DAG "
+                "ran (data preparation, then training and evaluation, or for released checkpoints fetching, "
+                "conversion and evaluation) on a few embedded photos, training for a few steps, to show the pipeline "
+                "works end to end; no verdict applies. A real reproduction runs on ImageNet-1k, COCO 2017 or ADE20K "
+                "with the paper's schedule.")
 VERDICT_COLORS = {"reproduced": "#d4edda", "below": "#f8d7da", "above": "#fff3cd", "smoke": "#e2e3e5",
                   "not measured": "#f1f1f1", "paper value not available": "#f1f1f1", "no band": "#f1f1f1"}
 

@@ -153,7 +153,8 @@ def deviations(row: dict, scale: str) -> list[str]:
 def _pretraining_source(row: dict, scale: str) -> str:
     if row.get("released"):
         r = row["released"]
-        return (f"the authors' released checkpoint `{r['file']}` ({r['url']}), evaluated, not trained here; "
+        built = f", built as [{r['model_settings']}](../{r['model_settings']})" if r.get("model_settings") else ""
+        return (f"the authors' released checkpoint `{r['file']}` ({r['url']}), evaluated, not trained here{built}; "
                 f"sha256 `{(r.get('sha256') or 'unknown')[:16]}`, hash {r.get('hash') or 'not checked'}")
     if row["kind"] == "pretrain":
         return f"ImageNet pretraining with this pipeline's `{row['pretrain']}` recipe"
@@ -343,7 +344,7 @@ def write_index(results: Path, reports: Path) -> tuple[Path, Path]:
 
     entries = []
     names = [(t, e.paper, e.title) for t, e in targets.reproducible().items()]
-    names += [(t, ckpts[0].paper, "released ImageNet checkpoints") for t, ckpts in released.targets().items()]
+    names += [(t, ckpts[0].paper, released.TITLE) for t, ckpts in released.targets().items()]
     for target, paper, title in names:
         table = _read_json(Path(results) / "tables" / f"{target}.json")
         entries.append({"target": target, "paper": paper, "title": title, "status": status(table),

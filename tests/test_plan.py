@@ -63,9 +63,12 @@ def test_plan_of_a_papers_releases_matches_its_dry_run_and_trains_nothing(projec
     dry = _dry_run_jobs(run([BIN / "snakemake", "--profile", "profiles/local", "-n", "pvt_released", "--config",
                              "data_root=data"], cwd=project).stdout)
     planned = plan.plan(["pvt_released"], plan.load_config(["data_root=data"]), root=project)
-    released = {o: j for o, j in dry.items() if j[0] in ("fetch_weights", "evaluate_released", "gather_released")}
+    released = {o: j for o, j in dry.items()
+                if j[0] in ("fetch_weights", "convert_released", "evaluate_released", "gather_released")}
     assert {r["output"]: r["rule"] for r in planned["jobs"]} == {o: j[0] for o, j in released.items()}
     assert not any(j[0] in ("pretrain", "finetune") for j in dry.values())
+    assert {r["rule"] for r in planned["jobs"]} == {"fetch_weights", "convert_released", "evaluate_released",
+                                                   "gather_released"}
     for r in planned["jobs"]:
         _, gpu, nodes, minutes = released[r["output"]]
         if r["rule"] == "evaluate_released":

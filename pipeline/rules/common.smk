@@ -43,7 +43,7 @@ def resources_of(rule):
     """The rule's `resources` (GPUs per node, nodes, minutes), from jobs.job_resources."""
     def get(key):
         return lambda wc: jobs.job_resources(rule, wc.get("recipe"), wc.get("backbone"), wc.get("schedule"),
-                                             SCALE)[key]
+                                             SCALE, wc.get("release"))[key]
     return {"gpu": get("gpus"), "nodes": get("nodes"), "runtime": get("minutes")}
 
 

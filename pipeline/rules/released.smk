@@ -1,7 +1,8 @@
 # Released checkpoints (config/released.yaml, pipeline/released.py): `fetch_weights` downloads (or links) a file
 # and checks it against the published hash or config/released.lock; `evaluate_released` measures an ImageNet
-# classifier with its paper's test protocol; `<paper>_released` gathers a table JSON against the registry's
-# ImageNet rows and ends in its report. No training: a few GPU-hours for a paper's releases.
+# classifier with its paper's test protocol, or a whole segmentor (`convert_released`: the mmseg file in this
+# pipeline's layout) with its recipe's ADE20K test; `<paper>_released` gathers a table JSON against the registry
+# rows and ends in its report. No training: a few GPU-hours for a paper's releases.
 
 import re
 from pathlib import Path
@@ -10,7 +11,9 @@ from pipeline import released
 
 RELEASED_TARGETS = released.targets()
 EVALUATE_RELEASED_DIR = released.evaluate_dir("{dataset}", "{backbone}", "{release}")
-IMAGENET = jobs.dataset("imagenet", SCALE, DATASETS)
+RELEASED_MODEL_DIR = released.model_dir("{dataset}", "{backbone}", "{release}")
+_STEMS = {kind: "|".join(sorted({re.escape(c.stem) for c in released.catalogue().values() if c.kind == kind}))
+          for kind in released.EVALUATED}
 
 
 rule fetch_weights:
@@ -28,11 +31,14 @@ rule fetch_weights:
 
 
 def _released_ckpt(wildcards):
-    return next(c for c in released.catalogue().values()
-                if c.backbone == wildcards.backbone and c.stem == wildcards.release)
+    return released.by_stem(wildcards.backbone, wildcards.release)
 
 
-localrules: resolve_released_settings
+def _released_settings(wildcards, job):
+    return released.settings_doc(_released_ckpt(wildcards), SCALE, config["smoke_profile"], config["smoke"], job)
+
+
+localrules: resolve_released_settings, resolve_released_model_settings, convert_released
 
 
 rule resolve_released_settings:
@@ -40,19 +46,63 @@ rule resolve_released_settings:
         paths.settings(EVALUATE_RELEASED_DIR),
     wildcard_constraints:
         dataset="|".join(SCALE_DATASETS),
+        release="|".join(_STEMS.values()),
+    params:
+        settings_sha256=lambda wc: settings.digest(_released_settings(wc, "evaluate")),
     run:
-        settings.write(output[0], released.settings_doc(_released_ckpt(wildcards), SCALE), wildcards.dataset, DATA)
+        settings.write(output[0], _released_settings(wildcards, "evaluate"), wildcards.dataset, DATA)
+
+
+rule resolve_released_model_settings:
+    output:
+        paths.settings(RELEASED_MODEL_DIR),
+    wildcard_constraints:
+        dataset="|".join(SCALE_DATASETS),
+        release=_STEMS["segmentor"],
+    params:
+        settings_sha256=lambda wc: settings.digest(_released_settings(wc, "finetune")),
+    run:
+        settings.write(output[0], _released_settings(wildcards, "finetune"), wildcards.dataset, DATA)
+
+
+def _fetched(wc):
+    ckpt = _released_ckpt(wc)
+    return released.weights_path(DATA, ckpt.paper, ckpt.filename)
+
+
+rule convert_released:
+    input:
+        settings=paths.settings(RELEASED_MODEL_DIR),
+        weights=_fetched,
+    output:
+        model=paths.output(RELEASED_MODEL_DIR, "convert_released"),
+    log:
+        "logs/convert_released/{dataset}/{backbone}/{release}.log",
+    wildcard_constraints:
+        release=_STEMS["segmentor"],
+    shell:
+        "{PYTHON:q} -m pipeline.released convert --settings {input.settings:q} --weights {input.weights:q}"
+        " --output {output.model:q} --log-file {log:q}"
+
+
+def _evaluated_weights(wc):
+    """A classifier is evaluated from the fetched file, a segmentor from its conversion."""
+    if _released_ckpt(wc).kind == "segmentor":
+        return paths.output(RELEASED_MODEL_DIR.format(**wc), "convert_released")
+    return _fetched(wc)
 
 
 rule evaluate_released:
     input:
         settings=paths.settings(EVALUATE_RELEASED_DIR),
-        weights=lambda wc: released.weights_path(DATA, _released_ckpt(wc).paper, _released_ckpt(wc).filename),
+        weights=_evaluated_weights,
         manifest=lambda wc: data_sources.manifest(DATA, wc.dataset),
     output:
         metrics=f"{EVALUATE_RELEASED_DIR}/metrics.json",
     log:
         "logs/evaluate_released/{dataset}/{backbone}/{release}.log",
+    wildcard_constraints:
+        release="|".join(_STEMS.values()),
     params:
         run_dir=lambda wc, output: str(Path(output.metrics).parent),
     resources:
@@ -66,8 +116,8 @@ rule evaluate_released:
 
 rule gather_released:
     input:
-        lambda wc: [f"{released.evaluate_dir(IMAGENET, c.backbone, c.stem)}/metrics.json"
-                    for c in RELEASED_TARGETS[wc.target]],
+        lambda wc: [f"{released.evaluate_dir(released.dataset_of(c, SCALE, DATASETS), c.backbone, c.stem)}"
+                    "/metrics.json" for c in RELEASED_TARGETS[wc.target]],
     output:
         paths.table("{target}"),
     log:
@@ -77,7 +127,7 @@ rule gather_released:
     params:
         paper=lambda wc: wc.target.removesuffix(released.SUFFIX),
     shell:
-        "{PYTHON:q} -m pipeline.released gather --paper {params.paper:q} --dataset {IMAGENET:q} --scale {SCALE}"
+        "{PYTHON:q} -m pipeline.released gather --paper {params.paper:q} --scale {SCALE}"
         " --data-root {DATA:q} --out {output:q} --log-file {log:q}"
 
 
