@@ -49,7 +49,7 @@ def atomic_path(target: str | Path):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except (OSError, RuntimeError) as e:
+    except OSError as e:
         if not _out_of_space(e, target.parent):
             raise
         raise DiskFull(f"{target}: no space left in {target.parent} while saving it ({_free(target.parent):,} bytes "
@@ -61,12 +61,11 @@ def atomic_path(target: str | Path):
 
 
 def _out_of_space(error: Exception, folder: Path) -> bool:
-    """ENOSPC or a quota, or (torch.save reports a short write as a RuntimeError) a folder with under 1 MiB free."""
+    """ENOSPC or a quota (as the write itself reported it, not inferred from the free space afterwards, which
+    other processes change)."""
     import errno
 
-    if isinstance(error, OSError):
-        return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    return _free(folder) < (1 << 20)
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _free(folder: Path) -> int:
@@ -95,11 +94,39 @@ def atomic_write_json(target: str | Path, obj) -> None:
     atomic_write_text(target, json.dumps(_finite_or_none(obj), indent=1, sort_keys=False) + "\n")
 
 
+class _RecordedWrites:
+    """A file for torch.save that keeps the OSError of a failed write: torch reports a short write as a
+    RuntimeError ("unexpected pos"), and the cause (ENOSPC, EDQUOT, EIO) is only seen here."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def _recorded(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def write(self, data):
+        return self._recorded(self.f.write, data)
+
+    def flush(self):
+        return self._recorded(self.f.flush)
+
+
 def atomic_torch_save(obj, target: str | Path) -> None:
     import torch
 
     with atomic_path(target) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            out = _RecordedWrites(f)
+            try:
+                torch.save(obj, out)
+            except RuntimeError:
+                if out.error is not None:
+                    raise out.error from None
+                raise
 
 
 def file_sha256(path: str | Path) -> str:

@@ -16,8 +16,8 @@ import sys
 import torch
 
 import models
-from pipeline.io import atomic_torch_save, file_sha256
-from pipeline.logs import setup_logging
+from pipeline.io import DiskFull, atomic_torch_save, file_sha256
+from pipeline.logs import fail, setup_logging
 
 
 def main(argv=None) -> int:
@@ -44,9 +44,12 @@ def main(argv=None) -> int:
             model = models.create(args.backbone)
             origin = {"source": f"random init, seed {args.seed} (smoke scale: no ImageNet weights supplied)"}
     except (models.CheckpointError, KeyError) as e:
-        log.error("%s", e.args[0] if e.args else e)
-        return 1
-    atomic_torch_save({"model": model.state_dict(), "arch": args.backbone, "img_size": 224, **origin}, args.output)
+        return fail(log, str(e.args[0] if e.args else e))
+    try:
+        atomic_torch_save({"model": model.state_dict(), "arch": args.backbone, "img_size": 224, **origin},
+                          args.output)
+    except DiskFull as e:
+        return fail(log, str(e))
     log.info("%s: %s -> %s", args.backbone, origin["source"], args.output)
     return 0
 

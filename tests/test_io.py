@@ -29,6 +29,7 @@ def test_atomic_files_get_the_mode_the_umask_gives_new_files(tmp_path, mask, mod
 
 SAVE_ON_A_FULL_DISK = """
 import sys, torch
+from pipeline import io
 from pipeline.io import DiskFull, atomic_torch_save, atomic_write_text
 target = sys.argv[1]
 atomic_torch_save({"w": torch.zeros(4)}, target)
@@ -38,6 +39,12 @@ for save in (lambda: atomic_torch_save({"w": torch.zeros(1 << 20)}, target),
         save()
     except DiskFull as e:
         print(e)
+# Other processes free space between a failed write and its handling: the write's own error still says why.
+io._free = lambda folder: 10 << 30
+try:
+    atomic_torch_save({"w": torch.zeros(1 << 20)}, target)
+except DiskFull as e:
+    print("freed since:", e)
 print(torch.load(target, weights_only=True)["w"].shape[0])
 """
 
@@ -50,9 +57,24 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_file(tmp_pa
     proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, sys.executable,
                            SAVE_ON_A_FULL_DISK], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    torch_line, text_line, kept = proc.stdout.strip().splitlines()
+    torch_line, text_line, freed, kept = proc.stdout.strip().splitlines()
     assert re.fullmatch(rf"{disk}/model.pth: no space left in {disk} while saving it \([\d,]+ bytes free\); the "
                         r"previous file is kept; free space and run again \(a training run resumes from its last "
                         r"saved state\)", torch_line)
     assert text_line.startswith(f"{disk}/model.pth.txt: no space left in {disk} while saving it (")
+    assert freed.startswith(f"freed since: {disk}/model.pth: no space left in {disk} while saving it (")
     assert kept == "4"
+
+
+def test_an_engine_saving_on_a_full_disk_ends_in_one_line(tmp_path):
+    """A job writing its checkpoint onto a full disk (here pipeline.weights, on a 1 MiB tmpfs): exit 1, one
+    `error:` line naming the file, no traceback."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = f"mount -t tmpfs -o size=1m tmpfs {disk} && exec \"$0\" -m pipeline.weights --backbone pvt_tiny " \
+             f"--allow-random --output {disk}/model.pth"
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, sys.executable],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr
+    assert f"{disk}/model.pth: no space left in {disk} while saving it" in errors[0]
