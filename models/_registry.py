@@ -171,19 +171,27 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
     for key, value in expected.items():
         if key.startswith(new_layers) and key not in state:
             state[key] = value
+    looks = looks_like(raw)
+    hint = f"; it looks like a {looks} checkpoint" if looks and looks != family(name) else ""
+    load_strict(model, state, path, f"does not match {name}", origin, hint)
+
+
+def load_strict(model: nn.Module, state: dict, path, mismatch: str, origin: dict | None = None,
+                hint: str = "") -> None:
+    """Load `state` only if it has every key of `model`, no other, and the same shapes; else one CheckpointError
+    line (`mismatch` says what does not match; `origin` names unexpected keys as the file has them)."""
+    expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
-    unexpected = sorted(origin.get(k, k) for k in set(state) - set(expected))
+    unexpected = sorted((origin or {}).get(k, k) for k in set(state) - set(expected))
     if missing or unexpected:
-        logging.getLogger("models").debug("%s: does not match %s: missing keys %s; unexpected keys %s", path, name,
-                                          missing, unexpected)
-        looks = looks_like(raw)
-        hint = f"; it looks like a {looks} checkpoint" if looks and looks != family(name) else ""
-        raise CheckpointError(f"{path}: does not match {name}: missing keys {_first(missing)}; unexpected keys "
+        logging.getLogger("models").debug("%s: %s: missing keys %s; unexpected keys %s", path, mismatch, missing,
+                                          unexpected)
+        raise CheckpointError(f"{path}: {mismatch}: missing keys {_first(missing)}; unexpected keys "
                               f"{_first(unexpected)}{hint}")
     bad = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
            if state[k].shape != v.shape]
     if bad:
-        raise CheckpointError(f"{path}: shape mismatch for {name}: {'; '.join(bad)}")
+        raise CheckpointError(f"{path}: shape mismatch ({mismatch}): {'; '.join(bad[:5])}")
     model.load_state_dict(state)
 
 

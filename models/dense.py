@@ -23,7 +23,7 @@ import logging
 import re
 
 import models
-from models._registry import CheckpointError, _first, _summary, read_checkpoint
+from models._registry import _summary, load_strict, read_checkpoint
 from models.heads import HorFPN, SegFormerHead, UperNetHead
 
 # Torchvision/timm ImageNet statistics in 0-255 RGB: the project's backbones are pretrained with them.
@@ -311,13 +311,4 @@ def mmseg_state_dict(state: dict, model: nn.Module, path: str) -> dict:
 def load_mmseg(model: nn.Module, path: str) -> None:
     """Load a released mmseg segmentor into `model` strictly: every key and shape, or one CheckpointError line."""
     state = mmseg_state_dict(read_checkpoint(path), model, path)
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: not a segmentor of this architecture: missing keys {_first(missing)}; "
-                              f"unexpected keys {_first(unexpected)}")
-    bad = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-           if state[k].shape != v.shape]
-    if bad:
-        raise CheckpointError(f"{path}: shape mismatch: {'; '.join(bad[:5])}")
-    model.load_state_dict(state)
+    load_strict(model, state, path, "not a segmentor of this architecture")
