@@ -362,7 +362,12 @@ def run(cfg: FinetuneSettings, files: RunFiles) -> int:
         code = 1
     except Requeue:
         code = REQUEUE_EXIT
-    if comm.get_world_size() > 1 and code:
+    world = comm.get_world_size()
+    if torch.distributed.is_initialized():
+        # A process group left alive aborts the process at interpreter exit ("terminate called without an active
+        # exception"), turning a finished run into a failed one.
+        torch.distributed.destroy_process_group()
+    if world > 1 and code:
         sys.exit(code)
     return code
 
