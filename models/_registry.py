@@ -134,9 +134,7 @@ def _bare(state: dict) -> dict:
     return {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in state.items()}
 
 
-def convert(name: str, state: dict, model: nn.Module, path: str | Path) -> dict:
-    """A checkpoint's keys in `model`'s layout through its family's filter."""
-    raw = _bare(state)
+def _filtered(raw: dict, name: str, model: nn.Module, path: str | Path) -> dict:
     filt = _FILTERS.get(name)
     try:
         return filt(raw, model) if filt is not None else raw
@@ -144,10 +142,15 @@ def convert(name: str, state: dict, model: nn.Module, path: str | Path) -> dict:
         raise CheckpointError(f"{path}: {e.args[0] if e.args else e}") from None
 
 
+def convert(name: str, state: dict, model: nn.Module, path: str | Path) -> dict:
+    """A checkpoint's keys in `model`'s layout through its family's filter."""
+    return _filtered(_bare(state), name, model, path)
+
+
 def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
-    given = backbone_keys(read_checkpoint(path), path)
-    state = convert(name, given, model, path)
-    raw, filt = _bare(given), _FILTERS.get(name)
+    raw = _bare(backbone_keys(read_checkpoint(path), path))
+    state = _filtered(raw, name, model, path)
+    filt = _FILTERS.get(name)
     # Unexpected keys are reported as the file names them (where a key maps one-to-one); keys the filter leaves
     # out (a dense model's classifier head, cls token, ...) are named in one log line.
     origin, dropped = {}, []

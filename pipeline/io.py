@@ -50,7 +50,7 @@ def atomic_path(target: str | Path):
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except OSError as e:
-        if not _out_of_space(e, target.parent):
+        if not _out_of_space(e):
             raise
         raise DiskFull(f"{target}: no space left in {target.parent} while saving it ({_free(target.parent):,} bytes "
                        f"free); {'the previous file is kept; ' if target.exists() else ''}free space and run again "
@@ -60,7 +60,7 @@ def atomic_path(target: str | Path):
             os.unlink(tmp)
 
 
-def _out_of_space(error: Exception, folder: Path) -> bool:
+def _out_of_space(error: Exception) -> bool:
     """ENOSPC or a quota (as the write itself reported it, not inferred from the free space afterwards, which
     other processes change)."""
     import errno

@@ -40,6 +40,7 @@ EVALUATED = {"imagenet1k": "imagenet", "segmentor": "ade20k"}
 EVALUATE_RESOURCES = {"imagenet1k": {"gpus": 1, "nodes": 1, "minutes": 30},
                       "segmentor": {"gpus": 1, "nodes": 1, "minutes": 60}}
 MODEL_DIR = "model"  # a segmentor's converted model, below its evaluation directory
+TITLE = "released checkpoints"  # a `<paper>_released` table's title
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,8 @@ def convert(settings_file: Path, weights: Path, output: Path, log) -> None:
     log.info("%s: converted into %s (%s) -> %s", Path(weights).name, cfg.framework, cfg.backbone, output)
 
 
-def evaluate(settings_file: Path, weights: Path, data: Path | None, metrics_out: Path, log) -> dict:
+def evaluate(settings_file: Path, weights: Path, data: Path | None, metrics_out: Path, log,
+             log_file: str | None = None) -> dict:
     """Top-1/top-5 of a released classifier on ImageNet val with its test protocol; a converted segmentor's
     ADE20K metrics through the evaluation engine (pipeline/evaluate.py)."""
     import time
@@ -256,12 +258,13 @@ def evaluate(settings_file: Path, weights: Path, data: Path | None, metrics_out:
     from pipeline import settings
 
     doc = settings.read(settings_file)
+    root = Path(data or doc["dataset"]["root"])
     if doc["job"] == "evaluate":
         from pipeline import evaluate as dense
 
         cfg, _ = settings.engine_config(settings_file, "evaluate")
-        return dense.evaluate(cfg, str(weights), str(data or doc["dataset"]["root"]), str(metrics_out),
-                              str(Path(metrics_out).parent / "eval"))
+        return dense.evaluate(cfg, str(weights), str(root), str(metrics_out), str(Path(metrics_out).parent / "eval"),
+                              log_file)
 
     import torch
     from timm.data import create_transform
@@ -271,7 +274,6 @@ def evaluate(settings_file: Path, weights: Path, data: Path | None, metrics_out:
     from pipeline import engine, pretrain
 
     v = doc["values"]
-    root = Path(data or doc["dataset"]["root"])
     engine.check_data(root)
     model = models.create(doc["backbone"], pretrained=str(weights)).eval()
     tf = create_transform(v["resolution"], is_training=False, interpolation=v["interpolation"],
@@ -331,7 +333,7 @@ def gather(paper: str, scale: str, weights_root: str, datasets: dict) -> dict:
     found = targets()[f"{paper}{SUFFIX}"]
     doc = registry.paper(paper)
     rows = [_row(c, ref, dataset_of(c, scale, datasets), weights_root) for c in found for ref in c.rows]
-    not_run = [{"id": c.filename, "row": f"{c.kind} {c.filename} ({', '.join(c.rows)})", "why": c.not_evaluated}
+    not_run = [{"id": c.filename, "row": f"{c.kind} for {', '.join(c.rows)}", "why": c.not_evaluated}
                for c in listed_only(paper)]
     return {"target": f"{paper}{SUFFIX}", "paper": paper, "table": "released", "paper_name": doc["name"],
             "title": TITLE, "arxiv": doc.get("arxiv"),
@@ -339,9 +341,6 @@ def gather(paper: str, scale: str, weights_root: str, datasets: dict) -> dict:
             "code_version": code_version(),
             "gathered": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "rows": rows, "not_run": not_run}
-
-
-TITLE = "released checkpoints"
 
 
 def main(argv=None) -> int:
@@ -394,7 +393,7 @@ def _run(args, log) -> int:
             if args.step == "convert":
                 convert(args.settings, args.weights, args.output, log)
             else:
-                evaluate(args.settings, args.weights, args.data, args.metrics, log)
+                evaluate(args.settings, args.weights, args.data, args.metrics, log, args.log_file)
         except (CheckpointError, TrainingError, DiskFull) as e:
             return fail(log, str(e))
     else:
