@@ -17,13 +17,12 @@ import functools
 import json
 import re
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import paths, registry, released, settings, targets
 from pipeline.io import waiting_lock
-from pipeline.logs import setup_logging
+from pipeline.logs import fail, setup_logging
 
 REPORT_CONFIG = registry.CONFIG_DIR / "report.yaml"
 
@@ -378,8 +377,7 @@ def main(argv=None) -> int:
             index = write_index(args.results, args.reports)
         log.info("index -> %s", ", ".join(map(str, index)))
     except (registry.ConfigError, KeyError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(log, str(e))
     return 0
 
 

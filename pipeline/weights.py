@@ -31,10 +31,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     log = setup_logging(args.log_file, "weights")
     if not args.source and not args.allow_random:
-        log.error("%s: its rows start from ImageNet weights you supply; set pretrained_weights.%s in "
-                  "config/config.yaml (or --config 'pretrained_weights={%s: /path/to.pth}') to a torchvision "
-                  "checkpoint of that architecture", args.backbone, args.backbone, args.backbone)
-        return 1
+        return fail(log, f"{args.backbone}: its rows start from ImageNet weights you supply; set "
+                         f"pretrained_weights.{args.backbone} in config/config.yaml (or --config "
+                         f"'pretrained_weights={{{args.backbone}: /path/to.pth}}') to a torchvision checkpoint of "
+                         "that architecture")
     try:
         if args.source:
             model = models.create(args.backbone, pretrained=args.source)
