@@ -215,7 +215,9 @@ def test_restarted_snakemake_attaches_to_its_job_after_any_kill_and_reuses_it_on
     first = _snakemake_until(cmd, project, env, "launch: submitted slurm job", tmp_path / "first.log")
     job_id = _job_id(run_dir)
     deadline = time.time() + 120
-    while run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=slurm).stdout.strip() != "RUNNING":
+    # Suspended only once its srun step runs: stopped while srun still confirms the allocation with slurmctld, the
+    # step fails on resume ("Unable to confirm allocation ... Unexpected missing socket error").
+    while f"{job_id}.0" not in run(["squeue", "-h", "-s", "-j", job_id, "-o", "%i"], env=slurm).stdout.split():
         assert time.time() < deadline
         time.sleep(0.5)
     run(["scontrol", "suspend", job_id], env=slurm)  # it waits for the restarts below, however loaded the machine
