@@ -4,7 +4,7 @@
     plan TARGET ... [--config k=v]  GPUs, wall time and GPU-hours of a target's jobs; submits nothing
     stale [--root results] [--prune]  work dirs moved aside when a run's settings changed; --prune deletes them
     bench models [--models ...]   parameters, MACs and CPU throughput (reports/bench/models.md)
-    report --table FILE | --all   reports/<target>.{md,html} and the index from gathered results; runs nothing
+    report --table FILE | --all   reports/[smoke/]<target>.{md,html} and the index from gathered results; runs nothing
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--prune", action="store_true", help="delete them")
     p.set_defaults(func=cmd_stale)
     bench.add_parser(sub)
-    sub.add_parser("report", help="reports/<target>.{md,html} and reports/index.html from gathered results",
+    sub.add_parser("report", help="reports/[smoke/]<target>.{md,html} and reports/index.html from gathered results",
                    add_help=False)
     args = parser.parse_args(argv)
     try:

@@ -7,7 +7,9 @@ non-finite loss. Light: torch is imported where it is used.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -18,7 +20,7 @@ from pipeline import paths, registry, settings
 from pipeline.data import sources
 from pipeline.data.extract import MARKER
 from pipeline.data.manifest import index_hash
-from pipeline.io import RunLocked, atomic_write_json, claim_work_dir, lock_run
+from pipeline.io import RunLocked, atomic_write_json, atomic_write_text, claim_work_dir, lock_run
 from pipeline.logs import setup_logging
 
 
@@ -171,3 +173,42 @@ class History:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+def read_history(job: str, folder: Path) -> list[dict]:
+    """Each step's scalars a job logged, the last line of a step kept (a resumed run repeats steps)."""
+    path = Path(folder) / (paths.FINETUNE_HISTORY if job == "finetune" else paths.HISTORY)
+    if not path.exists():
+        return []
+    by_step = {}
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        step = entry.get("step", entry.get("iteration"))
+        if step is not None:
+            by_step[step] = {**by_step.get(step, {}), **entry}
+    return [by_step[k] for k in sorted(by_step)]
+
+
+# The columns of each curve file (paths.CURVES), per engine: the history's key for each.
+CURVE_COLUMNS = {
+    "pretrain": {"train": {"step": "step", "loss": "loss", "lr": "lr"},
+                 "eval": {"step": "step", "top1": "top1", "top5": "top5"}},
+    "finetune": {"train": {"step": "iteration", "loss": "total_loss", "lr": "lr"}},
+}
+
+
+def write_curves(job: str, job_dir: Path) -> None:
+    """A finished training job's history as the CSV tables of paths.CURVES (the rows that have every column), for
+    `dvc plots`; the history itself stays the record."""
+    history = read_history(job, job_dir)
+    for kind, columns in CURVE_COLUMNS[job].items():
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        for entry in history:
+            if all(key in entry for key in columns.values()):
+                writer.writerow([entry[key] for key in columns.values()])
+        atomic_write_text(Path(job_dir) / paths.CURVES[kind], buf.getvalue())

@@ -348,6 +348,7 @@ def finetune(cfg: FinetuneSettings, files: RunFiles) -> None:
                            "config": {**asdict(cfg), "world_size": world}}, files.output)
         log.info("done in %.0f s -> %s", time.perf_counter() - t0, files.output)
         engine.record_run(Path(files.output).parent, world, time.perf_counter() - t0)
+        engine.write_curves("finetune", Path(files.output).parent)
     comm.synchronize()
 
 

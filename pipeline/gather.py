@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import jobs, registry, settings, targets
+from pipeline import jobs, paths, registry, settings, targets
 from pipeline.data import sources
 from pipeline.io import atomic_write_json
 from pipeline.logs import setup_logging
@@ -126,6 +126,13 @@ def gather(target: str, scale: str, seeds: list[int], data_root: str, rows: list
     }
 
 
+def write_table(out: str, doc: dict) -> None:
+    """The table JSON, and beside it each row's measured values by row id (paths.table_metrics): what `dvc
+    metrics show` lists and `dvc metrics diff` compares."""
+    atomic_write_json(out, doc)
+    atomic_write_json(paths.table_metrics(out), {row["id"]: row["measured"] for row in doc["rows"]})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="gather a paper table's measured metrics into one JSON")
     parser.add_argument("--target", required=True)
@@ -147,7 +154,7 @@ def main(argv=None) -> int:
     except (registry.ConfigError, FileNotFoundError, KeyError) as e:
         log.error("%s", e)
         return 1
-    atomic_write_json(args.out, doc)
+    write_table(args.out, doc)
     for row in doc["rows"]:
         shown = ", ".join(f"{k} {v:.2f} (paper {row['paper'][k]})" for k, v in row["measured"].items()
                           if v is not None)

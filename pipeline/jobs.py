@@ -62,6 +62,7 @@ class Job:
     schedule: str | None = None
     seed: int | None = None
     release: str | None = None  # a released checkpoint's file stem
+    reads: str | None = None  # the output of the job this one starts from (a fine-tuning's weights, an evaluation's)
 
     @property
     def output(self) -> str:
@@ -106,7 +107,7 @@ def run_jobs(run: Run, scale: str, datasets: dict, seed: int, pretrain_source="o
         data = dataset(tasks.task(framework).layout, scale, datasets)
         for stage in ("finetune", "evaluate"):
             where = paths.dense_dir(stage, data, framework, run.backbone, run.recipe, run.schedule, seed)
-            found.append(Job(stage, where, data, run.backbone, run.recipe, run.schedule, seed))
+            found.append(Job(stage, where, data, run.backbone, run.recipe, run.schedule, seed, reads=found[-1].output))
     return found
 
 
@@ -125,7 +126,7 @@ def jobs(target: str, scale: str, datasets: dict, seeds: list[int], pretrain_sou
     for run, seed in _runs(target, seeds):
         for job in run_jobs(run, scale, datasets, seed, pretrain_source):
             out.setdefault(job.output, job)
-    out[paths.table(target)] = Job("gather_table", paths.table(target))
+    out[paths.table(target, scale)] = Job("gather_table", paths.table(target, scale))
     return list(out.values())
 
 
@@ -147,10 +148,10 @@ def released_jobs(target: str, scale: str, datasets: dict, data_root: str) -> li
         found.append(Job("fetch_weights", released.weights_path(data_root, ckpt.paper, ckpt.filename)))
         if ckpt.kind == "segmentor":
             found.append(Job("convert_released", released.model_dir(data, ckpt.backbone, ckpt.stem), data,
-                             ckpt.backbone, release=ckpt.stem))
+                             ckpt.backbone, release=ckpt.stem, reads=found[-1].output))
         found.append(Job("evaluate_released", released.evaluate_dir(data, ckpt.backbone, ckpt.stem), data,
-                         ckpt.backbone, release=ckpt.stem))
-    return found + [Job("gather_released", paths.table(target))]
+                         ckpt.backbone, release=ckpt.stem, reads=found[-1].output))
+    return found + [Job("gather_released", paths.table(target, scale))]
 
 
 def demo_jobs(config: dict, datasets: dict) -> list[Job]:
@@ -164,4 +165,4 @@ def demo_artifacts(config: dict, datasets: dict) -> dict[str, list[str]]:
     return {"checkpoints": [j.output for j in found if j.rule in ("pretrain", "finetune")],
             "metrics": [j.metrics for j in found if j.metrics],
             "settings": [j.settings for j in found if j.settings],
-            "reports": [paths.report(paths.DEMO, ext) for ext in ("md", "html")]}
+            "reports": [paths.report(paths.DEMO, ext, "smoke") for ext in ("md", "html")]}

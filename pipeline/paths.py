@@ -4,8 +4,9 @@ reports; no other module spells these paths.
     results/pretrain/<dataset>/<backbone>/<pretrain recipe>/seed<seed>/{settings.yaml,model.pth,metrics.json}
     results/finetune/<dataset>/<task>/<backbone>/<recipe>/<schedule>/seed<seed>/{settings.yaml,model_final.pth}
     results/evaluate/<dataset>/<task>/<backbone>/<recipe>/<schedule>/seed<seed>/{settings.yaml,metrics.json}
-    results/tables/<target>.json
-    reports/<target>.{md,html}, reports/<target>/*.png, reports/index.html, reports/README.md
+    results/tables/<target>.{json,metrics.json}, at smoke scale results/tables/smoke/<target>...
+    reports/<target>.{md,html}, reports/<target>/*.png (reports/smoke/<target>... at smoke scale),
+    reports/index.html, reports/README.md
     logs/<rule>/...
 
 <task> is the detectron2 framework and <dataset> the prepared dataset (the embedded one at smoke scale).
@@ -26,6 +27,9 @@ PRETRAIN_METRICS = "metrics.json"
 ENVIRONMENT = "environment.json"
 HISTORY = "history.jsonl"
 FINETUNE_HISTORY = "state/metrics.json"
+# A finished training job's curves as tables DVC plots reads (pipeline/engine.py write_curves): `train` per step
+# (step, loss, lr), `eval` per evaluation (step and the accuracy measured then).
+CURVES = {"train": "curve_train.csv", "eval": "curve_eval.csv"}
 # The demo's one-row table and report are named so (pipeline/report.py report_name).
 DEMO = "demo"
 
@@ -51,13 +55,24 @@ def state(job_dir: str) -> str:
     return f"{job_dir}/state"
 
 
-def table(target: str) -> str:
-    return f"results/tables/{target}.json"
+def scaled(name: str, scale: str = "full") -> str:
+    """A table's name below results/tables/ and reports/: smoke-scale tables live apart (`smoke/<name>`), so that
+    a smoke run never replaces a full one (and DVC's stages of the two scales declare different files)."""
+    return name if scale == "full" else f"{scale}/{name}"
 
 
-def report(name: str, ext: str) -> str:
-    """A table's report (`md`, `html`); its figures lie in reports/<name>/."""
-    return f"reports/{name}.{ext}"
+def table(target: str, scale: str = "full") -> str:
+    return f"results/tables/{scaled(target, scale)}.json"
+
+
+def table_metrics(table_file: str) -> str:
+    """Beside a table's JSON: each row's measured values keyed by row id, the form `dvc metrics` shows and diffs."""
+    return table_file.removesuffix(".json") + ".metrics.json"
+
+
+def report(name: str, ext: str, scale: str = "full") -> str:
+    """A table's report (`md`, `html`); its figures lie in reports/<name>/ (reports/smoke/<name>/)."""
+    return f"reports/{scaled(name, scale)}.{ext}"
 
 
 REPORT_INDEX = ("reports/index.html", "reports/README.md")

@@ -4,11 +4,10 @@ from the history its engine wrote."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import paths
+from pipeline import engine
 
 PAPER_COLOR, MEASURED_COLOR, BAND_COLOR = "#7f7f7f", "#1f77b4", "#2ca02c"
 
@@ -97,25 +96,8 @@ def _scatter(table, paper, measured, metric, label, path) -> Figure:
                   f"The paper's rows (grey) and the measured ones (blue); {label} as the paper counts them.")
 
 
-def read_history(job: str, folder: Path) -> list[dict]:
-    """Each step's scalars a job logged, the last line of a step kept (a resumed run repeats steps)."""
-    path = folder / (paths.FINETUNE_HISTORY if job == "finetune" else paths.HISTORY)
-    if not path.exists():
-        return []
-    by_step = {}
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        step = entry.get("step", entry.get("iteration"))
-        if step is not None:
-            by_step[step] = {**by_step.get(step, {}), **entry}
-    return [by_step[k] for k in sorted(by_step)]
-
-
 def curve_figure(name: str, job: str, folder: Path, out: Path) -> Figure | None:
-    history = read_history(job, folder)
+    history = engine.read_history(job, folder)
     loss_key = "total_loss" if job == "finetune" else "loss"
     steps = [h.get("step", h.get("iteration")) for h in history if loss_key in h]
     if not steps:

@@ -386,6 +386,7 @@ def train(cfg: PretrainSettings, root: Path, out, log_file: str | None = None) -
     history.log(step=t.step, **{k: metrics[k] for k in ("top1", "top5")})
     history.close()
     engine.record_run(Path(out.output).parent, world, time.perf_counter() - start)
+    engine.write_curves("pretrain", Path(out.output).parent)
     log.info("done: top1 %.1f top5 %.1f on %d val images -> %s", metrics["top1"], metrics["top5"],
              metrics["val_images"], out.output)
     _leave(world)

@@ -398,9 +398,10 @@ def _run(args, log) -> int:
             return fail(log, str(e))
     else:
         from pipeline.data import sources
+        from pipeline.gather import write_table
 
         datasets = sources.datasets(args.data_root)
-        atomic_write_json(args.out, gather(args.paper, args.scale, args.data_root, datasets))
+        write_table(args.out, gather(args.paper, args.scale, args.data_root, datasets))
         log.info("%s%s -> %s", args.paper, SUFFIX, args.out)
     return 0
 

@@ -215,7 +215,8 @@ Generated, and rewritten by every report job (`python -m pipeline report --all` 
 results without running anything). Each report sets measured numbers beside the papers' numbers
 (`config/papers/`) with Δ, a verdict against a tolerance band (`config/report.yaml`), the runs' deviations from
 the paper's recipe and the provenance of every number: `<target>.md` with its figures in `<target>/`, and the
-self-contained `<target>.html`; `index.html` is this list as a page. `demo.md`/`demo.html` come from `make demo`.
+self-contained `<target>.html`; `index.html` is this list as a page. Smoke-scale tables have theirs under
+`smoke/`: `smoke/demo.md`/`smoke/demo.html` come from `make demo`.
 
 - `bench/models.md`, `bench/models.json`: written by `python -m pipeline bench models`; parameters, MACs and CPU
   throughput with same-run baselines, for representatives of every family at the full protocol.
@@ -230,10 +231,11 @@ def write_index(entries: list[dict], reports: Path) -> tuple[Path, Path]:
     """reports/README.md and reports/index.html listing every table target."""
     md_rows, html_rows = [], []
     for e in entries:
-        link = f"[{e['target']}.md]({e['target']}.md)" if e["report"] else "–"
+        md = e["report"] and e["report"].removesuffix(".html") + ".md"
+        link = f"[{md}]({md})" if md else "–"
         md_rows.append(f"| {e['target']} | {e['paper']} {e['title']} | {e['status']} | {link} | "
                        f"{e['date'] or '–'} | {(e['commit'] or '–')[:12]} |")
-        cell = f"<a href='{_esc(e['target'])}.html'>{_esc(e['target'])}.html</a>" if e["report"] else "–"
+        cell = f"<a href='{_esc(e['report'])}'>{_esc(e['report'])}</a>" if e["report"] else "–"
         html_rows.append(f"<tr><td>{_esc(e['target'])}</td><td>{_esc(e['paper'])} {_esc(e['title'])}</td>"
                          f"<td>{_esc(e['status'])}</td><td>{cell}</td><td>{_esc(e['date'] or '–')}</td>"
                          f"<td>{_esc((e['commit'] or '–')[:12])}</td></tr>")

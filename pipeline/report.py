@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pipeline import paths, registry, released, settings, targets
 from pipeline.io import waiting_lock
+from pipeline.jobs import SCALES
 from pipeline.logs import fail, setup_logging
 
 REPORT_CONFIG = registry.CONFIG_DIR / "report.yaml"
@@ -305,12 +306,14 @@ def report_name(table: dict) -> str:
 
 
 def write_table_report(table_json: Path, reports: Path) -> tuple[Path, Path]:
-    """reports/<name>.md (plots in reports/<name>/) and the self-contained reports/<name>.html."""
+    """reports/<name>.md (plots in reports/<name>/) and the self-contained reports/<name>.html; a smoke-scale
+    table's under reports/smoke/."""
     from pipeline import plots, render
 
     table = json.loads(Path(table_json).read_text())
-    name = report_name(table)
+    name = paths.scaled(report_name(table), table["scale"])
     rows = analyse(table)
+    (reports / name).mkdir(parents=True, exist_ok=True)  # the figures' folder, also when a table has none
     figures = plots.table_figures(table, rows, reports / name)
     md, html = reports / f"{name}.md", reports / f"{name}.html"
     render.write_markdown(table, rows, figures, md, table_json)
@@ -345,16 +348,22 @@ def write_index(results: Path, reports: Path) -> tuple[Path, Path]:
     names = [(t, e.paper, e.title) for t, e in targets.reproducible().items()]
     names += [(t, ckpts[0].paper, released.TITLE) for t, ckpts in released.targets().items()]
     for target, paper, title in names:
-        table = _read_json(Path(results) / "tables" / f"{target}.json")
-        entries.append({"target": target, "paper": paper, "title": title, "status": status(table),
-                        "report": (reports / f"{target}.html").exists(),
-                        "date": (table or {}).get("gathered"), "commit": (table or {}).get("code_version")})
-    demo = _read_json(Path(results) / "tables" / f"{paths.DEMO}.json")
+        for scale in SCALES:
+            table = _read_json(Path(results) / "tables" / f"{paths.scaled(target, scale)}.json")
+            if table is not None or scale == "full":
+                entries.append(_index_entry(target, paper, title, table, reports, scale))
+    demo = _read_json(Path(results) / "tables" / f"{paths.scaled(paths.DEMO, 'smoke')}.json")
     if demo is not None:
-        entries.insert(0, {"target": "demo", "paper": demo["paper"], "title": f"{demo['title']} (demo row)",
-                           "status": status(demo), "report": (reports / "demo.html").exists(),
-                           "date": demo.get("gathered"), "commit": demo.get("code_version")})
+        entries.insert(0, _index_entry("demo", demo["paper"], f"{demo['title']} (demo row)", demo, reports, "smoke"))
     return render.write_index(entries, reports)
+
+
+def _index_entry(target: str, paper: str, title: str, table: dict | None, reports: Path, scale: str) -> dict:
+    """One line of the index: a table at one scale (a smoke table has its own line beside the full one)."""
+    page = f"{paths.scaled(target, scale)}.html"
+    return {"target": target if scale == "full" else f"{target} ({scale})", "paper": paper, "title": title,
+            "status": status(table), "report": page if (reports / page).exists() else None,
+            "date": (table or {}).get("gathered"), "commit": (table or {}).get("code_version")}
 
 
 def main(argv=None) -> int:

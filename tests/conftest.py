@@ -31,7 +31,7 @@ def job_counts(stdout: str) -> dict[str, int]:
     return counts
 
 
-TRACKED = ["Snakefile", "dvc.yaml", ".dvcignore", "config", "pipeline", "models", "profiles", "envs"]
+TRACKED = ["Snakefile", "dvc.yaml", "smoke", ".dvcignore", "config", "pipeline", "models", "profiles", "envs"]
 
 
 def copy_project(dst: Path) -> Path:

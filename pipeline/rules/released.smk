@@ -72,7 +72,7 @@ def _fetched(wc):
 
 rule convert_released:
     input:
-        settings=paths.settings(RELEASED_MODEL_DIR),
+        settings=ancient(paths.settings(RELEASED_MODEL_DIR)),
         weights=_fetched,
     output:
         model=paths.output(RELEASED_MODEL_DIR, "convert_released"),
@@ -94,8 +94,8 @@ def _evaluated_weights(wc):
 
 rule evaluate_released:
     input:
-        settings=paths.settings(EVALUATE_RELEASED_DIR),
-        weights=_evaluated_weights,
+        settings=ancient(paths.settings(EVALUATE_RELEASED_DIR)),
+        weights=lambda wc: ancient(_evaluated_weights(wc)),
         manifest=lambda wc: data_sources.manifest(DATA, wc.dataset),
     output:
         metrics=f"{EVALUATE_RELEASED_DIR}/metrics.json",
@@ -116,19 +116,20 @@ rule evaluate_released:
 
 rule gather_released:
     input:
-        lambda wc: [f"{released.evaluate_dir(released.dataset_of(c, SCALE, DATASETS), c.backbone, c.stem)}"
-                    "/metrics.json" for c in RELEASED_TARGETS[wc.target]],
+        lambda wc: [ancient(f"{released.evaluate_dir(released.dataset_of(c, SCALE, DATASETS), c.backbone, c.stem)}"
+                            "/metrics.json") for c in RELEASED_TARGETS[wc.target]],
     output:
-        paths.table("{target}"),
+        table=paths.table("{target}", SCALE),
+        metrics=paths.table_metrics(paths.table("{target}", SCALE)),
     log:
-        "logs/gather_table/{target}.log",
+        f"logs/gather_table/{paths.scaled('{target}', SCALE)}.log",
     wildcard_constraints:
         target="|".join(RELEASED_TARGETS),
     params:
         paper=lambda wc: wc.target.removesuffix(released.SUFFIX),
     shell:
         "{PYTHON:q} -m pipeline.released gather --paper {params.paper:q} --scale {SCALE}"
-        " --data-root {DATA:q} --out {output:q} --log-file {log:q}"
+        " --data-root {DATA:q} --out {output.table:q} --log-file {log:q}"
 
 
 # Fine-tuning from released weights (`pretrain_source: released`): the fetched checkpoint, checked against the
@@ -159,4 +160,4 @@ if _WITHOUT:
 for _target in RELEASED_TARGETS:
     rule:
         name: _target
-        input: [paths.report(_target, ext) for ext in ("md", "html")]
+        input: [paths.report(_target, ext, SCALE) for ext in ("md", "html")]

@@ -5,7 +5,7 @@
 #
 # The demo is the row `demo.row` of table `demo.target` (config/config.yaml) at smoke scale, with the smoke
 # profile `demo`: `make demo` runs `snakemake demo --config scale=smoke smoke_profile=demo`, and its report is
-# reports/demo.{md,html}, written by the same code from its one-row table.
+# reports/smoke/demo.{md,html}, written by the same code from its one-row table.
 
 DEMO_JOBS = jobs.demo_jobs(config, DATASETS)
 DEMO_ARTIFACTS = jobs.demo_artifacts(config, DATASETS)
@@ -25,31 +25,32 @@ def demo_inputs(wildcards):
 
 rule gather_demo:
     input:
-        [f for job in DEMO_JOBS for f in (job.metrics, job.settings) if f],
+        [ancient(f) for job in DEMO_JOBS for f in (job.metrics, job.settings) if f],
     output:
-        paths.table(paths.DEMO),
+        table=paths.table(paths.DEMO, "smoke"),
+        metrics=paths.table_metrics(paths.table(paths.DEMO, "smoke")),
     log:
-        f"logs/gather_table/{paths.DEMO}.log",
+        f"logs/gather_table/{paths.scaled(paths.DEMO, 'smoke')}.log",
     params:
         target=config["demo"]["target"],
         row=DEMO_RUN.row,
         seed=SEEDS[0],
     shell:
         "{PYTHON:q} -m pipeline.gather --target {params.target:q} --rows {params.row:q} --name {paths.DEMO}"
-        " --scale smoke --seeds {params.seed} --data-root {DATA:q} --out {output:q} --log-file {log:q}"
+        " --scale smoke --seeds {params.seed} --data-root {DATA:q} --out {output.table:q} --log-file {log:q}"
 
 
 for _paper in registry.PAPERS:
     rule:
         name: f"report_{_paper}"
         input:
-            table=paths.table("{name}"),
+            table=ancient(paths.table("{name}", SCALE)),
         output:
-            md=paths.report("{name}", "md"),
-            html=report(paths.report("{name}", "html"), category=registry.paper(_paper)["name"],
+            md=paths.report("{name}", "md", SCALE),
+            html=report(paths.report("{name}", "html", SCALE), category=registry.paper(_paper)["name"],
                         caption=REPORT_CAPTION),
         log:
-            "logs/report/{name}.log",
+            f"logs/report/{paths.scaled('{name}', SCALE)}.log",
         wildcard_constraints:
             name="|".join([t for t, e in EXPERIMENTS.items() if e.paper == _paper]
                           + [t for t in RELEASED_TARGETS if t.startswith(f"{_paper}{released.SUFFIX}")]

@@ -7,11 +7,12 @@
 
 rule gather_table:
     input:
-        lambda wc: jobs.table_inputs(wc.target, SCALE, DATASETS, SEEDS, config["pretrain_source"]),
+        lambda wc: [ancient(f) for f in jobs.table_inputs(wc.target, SCALE, DATASETS, SEEDS, config["pretrain_source"])],
     output:
-        paths.table("{target}"),
+        table=paths.table("{target}", SCALE),
+        metrics=paths.table_metrics(paths.table("{target}", SCALE)),
     log:
-        "logs/gather_table/{target}.log",
+        f"logs/gather_table/{paths.scaled('{target}', SCALE)}.log",
     wildcard_constraints:
         target="|".join(targets.reproducible()),
     params:
@@ -19,7 +20,7 @@ rule gather_table:
         source=json.dumps(config["pretrain_source"]),
     shell:
         "{PYTHON:q} -m pipeline.gather --target {wildcards.target} --scale {SCALE} --seeds {params.seeds}"
-        " --pretrain-source {params.source:q} --data-root {DATA:q} --out {output:q} --log-file {log:q}"
+        " --pretrain-source {params.source:q} --data-root {DATA:q} --out {output.table:q} --log-file {log:q}"
 
 
 def _tables(name):
@@ -32,7 +33,7 @@ def _tables(name):
         for exp in found:
             if name.startswith("table") and not exp.verified:
                 logger.warning(targets.unverified_number_line(config["paper"], exp.number, exp))
-        return [paths.report(e.target, ext) for e in found for ext in ("md", "html")]
+        return [paths.report(e.target, ext, SCALE) for e in found for ext in ("md", "html")]
     return inputs
 
 
