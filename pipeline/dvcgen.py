@@ -6,9 +6,10 @@ command is that Snakemake target under the scale's profile; the stage declares t
 checkpoints, resolved settings, what each job ran on, never the resumable `state/`), its table and report, the
 run and table metrics, and the training curves. A run that several tables share (a backbone's ImageNet weights,
 a fine-tuning two tables report) is a stage of its own, whose command is that Snakemake file target; the tables
-depend on its outputs, so DVC runs it once. Deps: the code, the paper's registry file, the dataset manifests;
-params: the recipe entries and the config keys that change results. The file list comes from the same job list
-as the Snakefile's targets (pipeline/jobs.py).
+depend on its outputs, so DVC runs it once. Deps: the code and the paper's registry file (not the dataset
+manifests: a stage prepares its own datasets, and DVC runs no stage whose deps are missing; each run's
+settings.yaml, an output, records its dataset's index hash); params: the recipe entries and the config keys that
+change results. The file list comes from the same job list as the Snakefile's targets (pipeline/jobs.py).
 
     python -m pipeline.dvcgen            write dvc.yaml and smoke/dvc.yaml (tests check they are current)
     python -m pipeline.dvcgen --check    exit 1, naming the stale file, when either differs from the config
@@ -85,10 +86,6 @@ def shared_name(job: jobs.Job) -> str:
     return "-".join(job.dir.split("/")[1:])
 
 
-def _manifests(found: list[jobs.Job]) -> list[str]:
-    return [f"${{data_root}}/{name}.manifest.json" for name in sorted({j.dataset for j in found if j.dataset})]
-
-
 def _params(found: list[jobs.Job], scale: str, config_keys: list[str]) -> list:
     """The config keys and recipe entries the jobs' results depend on (`dvc params diff` shows them)."""
     keys = list(config_keys) + (["smoke_profile", "smoke"] if scale == "smoke" else [])
@@ -143,7 +140,7 @@ def pipeline(scale: str, config: dict) -> dict:
         stages[shared_name(job)] = _stage(
             f"{job.rule} {job.dir} ({scale} scale), shared by tables: "
             f"{', '.join(t for t, found in per_target.items() if job in found)}",
-            _snakemake(scale, [out]), CODE_DEPS + _manifests([job]) + reads, _params([job], scale, []), [job])
+            _snakemake(scale, [out]), CODE_DEPS + reads, _params([job], scale, []), [job])
     for target, found in per_target.items():
         own = [j for j in found if j.output not in shared]
         uses = list(dict.fromkeys(j.output for j in found if j.output in shared))
@@ -155,10 +152,10 @@ def pipeline(scale: str, config: dict) -> dict:
         title = f"{paper} {exp.title}" if exp else f"{paper} {released.TITLE}"
         stages[target] = _stage(
             f"{title} at {scale} scale (snakemake target `{target}`)", _snakemake(scale, [target]),
-            CODE_DEPS + ["config/report.yaml"] + registry_deps + _manifests(found) + uses,
+            CODE_DEPS + ["config/report.yaml"] + registry_deps + uses,
             _params(found, scale, ["seeds", "pretrain_source"]), own, reports)
         plots += _plots(target, found, prefix)
-    doc = {"vars": [f"{prefix}{CONFIG}:data_root"], "stages": stages, "plots": plots}
+    doc = {"stages": stages, "plots": plots}
     if scale != "full":
         for stage in stages.values():
             stage["wdir"] = ".."

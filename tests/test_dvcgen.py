@@ -113,6 +113,12 @@ def _nothing_to_do(project) -> bool:
     return "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def _touch(project):
+    """What the README says to run after `dvc pull` or `dvc checkout`: the restored files recorded as up to date,
+    in dependency order."""
+    run([*SNAKEMAKE_SMOKE, "--touch", "lvt_imagenet", "patchconvnet_resnet50_attnpool"], cwd=project)
+
+
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory, embedded_data):
     """A git repository of the project on the embedded data: `dvc repro` of the LVT ImageNet table, and the
@@ -209,13 +215,21 @@ def test_push_and_a_colleagues_pull_leave_snakemake_nothing_to_do(reproduced, tm
               "results/tables/smoke/patchconvnet_resnet50_attnpool.json"):
         assert _sha256(colleague / f) == _sha256(reproduced / f), f
     assert json.loads(_dvc(colleague, "status", "--json", LVT, ATTNPOOL).stdout) == {}
-    # Pulled files have new times in no order; Snakemake re-runs nothing for them.
+    # Pulled files have new times in no order: Snakemake would re-make them. Touched in order, nothing is left.
+    _touch(colleague)
     assert _nothing_to_do(colleague)
     # The same after `dvc checkout` restores deleted results in the colleague's workspace.
     shutil.rmtree(colleague / "results")
     shutil.rmtree(colleague / "reports" / "smoke")
     _dvc(colleague, "checkout", LVT, ATTNPOOL)
+    _touch(colleague)
     assert (colleague / LVT_RUN / "model.pth").exists() and _nothing_to_do(colleague)
+    # A recipe change in the colleague's clone makes exactly the LVT stage stale for `dvc repro`.
+    recipes = colleague / "config/recipes/pretrain.yaml"
+    doc = yaml.safe_load(recipes.read_text())
+    doc["recipes"]["lvt"]["fields"]["warmup_lr"]["value"] = 1.0e-4
+    recipes.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert set(json.loads(_dvc(colleague, "status", "--json", LVT, ATTNPOOL).stdout)) == {LVT}
 
 
 @pytest.fixture

@@ -1,10 +1,4 @@
 # Shared by every rule file: the validated config and registry, the interpreter, the launcher.
-#
-# A file one job makes for another (settings, checkpoints, metrics, tables) is an `ancient` input: Snakemake
-# re-runs a job when its output is missing, its params (a training job's resolved-settings digest), rule code or
-# set of inputs changed, or a job it reads from runs in the same invocation, never because an input's file time
-# is newer. DVC's checkout and pull set file times in no order (README, "DVC"), and Snakemake's checksum check
-# covers neither large checkpoints nor files it has no record of.
 
 import json
 import shlex

@@ -36,8 +36,8 @@ rule resolve_dense_settings:
 
 rule finetune:
     input:
-        settings=ancient(paths.settings(FINETUNE_DIR)),
-        pretrained=lambda wc: ancient(pretrained_checkpoint(wc)),
+        settings=paths.settings(FINETUNE_DIR),
+        pretrained=pretrained_checkpoint,
     output:
         model=paths.output(FINETUNE_DIR, "finetune"),
     log:
@@ -56,8 +56,8 @@ rule finetune:
 
 rule evaluate:
     input:
-        settings=ancient(paths.settings(EVALUATE_DIR)),
-        model=ancient(paths.output(FINETUNE_DIR, "finetune")),
+        settings=paths.settings(EVALUATE_DIR),
+        model=paths.output(FINETUNE_DIR, "finetune"),
     output:
         metrics=paths.output(EVALUATE_DIR, "evaluate"),
     log:

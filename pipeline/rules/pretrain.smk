@@ -22,7 +22,7 @@ rule resolve_pretrain_settings:
 
 rule pretrain:
     input:
-        settings=ancient(paths.settings(PRETRAIN_DIR)),
+        settings=paths.settings(PRETRAIN_DIR),
     output:
         model=paths.output(PRETRAIN_DIR, "pretrain"),
         metrics=f"{PRETRAIN_DIR}/{paths.PRETRAIN_METRICS}",

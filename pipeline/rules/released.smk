@@ -72,7 +72,7 @@ def _fetched(wc):
 
 rule convert_released:
     input:
-        settings=ancient(paths.settings(RELEASED_MODEL_DIR)),
+        settings=paths.settings(RELEASED_MODEL_DIR),
         weights=_fetched,
     output:
         model=paths.output(RELEASED_MODEL_DIR, "convert_released"),
@@ -94,8 +94,8 @@ def _evaluated_weights(wc):
 
 rule evaluate_released:
     input:
-        settings=ancient(paths.settings(EVALUATE_RELEASED_DIR)),
-        weights=lambda wc: ancient(_evaluated_weights(wc)),
+        settings=paths.settings(EVALUATE_RELEASED_DIR),
+        weights=_evaluated_weights,
         manifest=lambda wc: data_sources.manifest(DATA, wc.dataset),
     output:
         metrics=f"{EVALUATE_RELEASED_DIR}/metrics.json",
@@ -116,8 +116,8 @@ rule evaluate_released:
 
 rule gather_released:
     input:
-        lambda wc: [ancient(f"{released.evaluate_dir(released.dataset_of(c, SCALE, DATASETS), c.backbone, c.stem)}"
-                            "/metrics.json") for c in RELEASED_TARGETS[wc.target]],
+        lambda wc: [f"{released.evaluate_dir(released.dataset_of(c, SCALE, DATASETS), c.backbone, c.stem)}"
+                    "/metrics.json" for c in RELEASED_TARGETS[wc.target]],
     output:
         table=paths.table("{target}", SCALE),
         metrics=paths.table_metrics(paths.table("{target}", SCALE)),

@@ -25,7 +25,7 @@ def demo_inputs(wildcards):
 
 rule gather_demo:
     input:
-        [ancient(f) for job in DEMO_JOBS for f in (job.metrics, job.settings) if f],
+        [f for job in DEMO_JOBS for f in (job.metrics, job.settings) if f],
     output:
         table=paths.table(paths.DEMO, "smoke"),
         metrics=paths.table_metrics(paths.table(paths.DEMO, "smoke")),
@@ -44,7 +44,7 @@ for _paper in registry.PAPERS:
     rule:
         name: f"report_{_paper}"
         input:
-            table=ancient(paths.table("{name}", SCALE)),
+            table=paths.table("{name}", SCALE),
         output:
             md=paths.report("{name}", "md", SCALE),
             html=report(paths.report("{name}", "html", SCALE), category=registry.paper(_paper)["name"],

@@ -7,7 +7,7 @@
 
 rule gather_table:
     input:
-        lambda wc: [ancient(f) for f in jobs.table_inputs(wc.target, SCALE, DATASETS, SEEDS, config["pretrain_source"])],
+        lambda wc: jobs.table_inputs(wc.target, SCALE, DATASETS, SEEDS, config["pretrain_source"]),
     output:
         table=paths.table("{target}", SCALE),
         metrics=paths.table_metrics(paths.table("{target}", SCALE)),
