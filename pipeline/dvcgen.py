@@ -43,15 +43,15 @@ CHECK = ".venv/bin/python -m pipeline.dvcgen --check"
 # What DVC keeps of each job, by kind (file names in the job directory): `outs` cached, `metrics` cached and
 # shown by `dvc metrics`, `plots` the curve tables the plot definitions read.
 KEPT = {
-    "pretrain": {"outs": [paths.OUTPUT["pretrain"], "settings.yaml", paths.ENVIRONMENT, paths.HISTORY],
+    "pretrain": {"outs": [paths.OUTPUT["pretrain"], paths.SETTINGS_FILE, paths.ENVIRONMENT, paths.HISTORY],
                  "metrics": [paths.PRETRAIN_METRICS], "plots": [paths.CURVES["train"], paths.CURVES["eval"]]},
     "import_weights": {"outs": [paths.OUTPUT["import_weights"]]},
     "import_released": {"outs": [paths.OUTPUT["import_released"]]},
-    "finetune": {"outs": [paths.OUTPUT["finetune"], "settings.yaml", paths.ENVIRONMENT],
+    "finetune": {"outs": [paths.OUTPUT["finetune"], paths.SETTINGS_FILE, paths.ENVIRONMENT],
                  "plots": [paths.CURVES["train"]]},
-    "evaluate": {"outs": ["settings.yaml", paths.ENVIRONMENT], "metrics": [paths.OUTPUT["evaluate"]]},
-    "convert_released": {"outs": [paths.OUTPUT["convert_released"], "settings.yaml"]},
-    "evaluate_released": {"outs": ["settings.yaml", paths.ENVIRONMENT],
+    "evaluate": {"outs": [paths.SETTINGS_FILE, paths.ENVIRONMENT], "metrics": [paths.OUTPUT["evaluate"]]},
+    "convert_released": {"outs": [paths.OUTPUT["convert_released"], paths.SETTINGS_FILE]},
+    "evaluate_released": {"outs": [paths.SETTINGS_FILE, paths.ENVIRONMENT],
                           "metrics": [paths.OUTPUT["evaluate_released"]]},
 }
 # One plot per curve and job kind: (job kind, curve file, y column, template, title).

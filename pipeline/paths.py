@@ -65,9 +65,9 @@ def table(target: str, scale: str = "full") -> str:
     return f"results/tables/{scaled(target, scale)}.json"
 
 
-def table_metrics(table_file: str) -> str:
+def table_metrics(table_file) -> str:
     """Beside a table's JSON: each row's measured values keyed by row id, the form `dvc metrics` shows and diffs."""
-    return table_file.removesuffix(".json") + ".metrics.json"
+    return str(table_file).removesuffix(".json") + ".metrics.json"
 
 
 def report(name: str, ext: str, scale: str = "full") -> str:

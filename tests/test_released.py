@@ -221,7 +221,7 @@ def test_lvt_releases_classifier_and_segmentor_are_evaluated_through_the_dag(ser
     cmd = [BIN / "snakemake", "--profile", "profiles/local", "--configfiles", "config/config.yaml",
            "released-test.yaml", "--config", "scale=smoke", f"data_root={embedded_data}", "--", "lvt_released"]
     run(cmd, cwd=project, timeout=1200)
-    table = json.loads((project / "results/tables/lvt_released.json").read_text())
+    table = json.loads((project / "results/tables/smoke/lvt_released.json").read_text())
     rows = {r["id"]: r for r in table["rows"]}
     assert set(rows) == {"lvt_lvt_cls", "segformer_lvt"}
     assert isinstance(rows["lvt_lvt_cls"]["measured"]["top1"], float)
@@ -233,7 +233,7 @@ def test_lvt_releases_classifier_and_segmentor_are_evaluated_through_the_dag(ser
     assert {n["id"]: n["why"][:30] for n in table["not_run"]} == {
         "panoptic_fpn_lvt_fpn_coco.pth": "an mmdet detector: this projec",
         "lvt_imagenet_pretrained.pth.tar": "the ImageNet-trained backbone "}
-    report = (project / "reports/lvt_released.md").read_text()
+    report = (project / "reports/smoke/lvt_released.md").read_text()
     assert "the authors' released checkpoint `lvt_imagenet.pth.tar`" in report
     assert "hash recorded on first download" in report
     assert "MACs" in report  # measured from the built classifier beside the paper's

@@ -35,7 +35,7 @@ def project(embedded_data, tmp_path_factory):
 
 def test_one_table_per_task_runs_at_smoke_scale(project):
     for target, (row_id, metrics) in EXPECTED.items():
-        doc = json.loads((project / "results" / "tables" / f"{target}.json").read_text())
+        doc = json.loads((project / "results/tables/smoke" / f"{target}.json").read_text())
         assert doc["scale"] == "smoke" and doc["target"] == target
         row = next(r for r in doc["rows"] if r["id"] == row_id)
         for name in metrics:
@@ -44,12 +44,12 @@ def test_one_table_per_task_runs_at_smoke_scale(project):
         assert len(row["settings_sha256"]) == 64
         for files in row["settings"].values():
             assert all((project / f).exists() for f in files.values())
-    panoptic = json.loads((project / "results/tables/lvt_coco_panoptic.json").read_text())
+    panoptic = json.loads((project / "results/tables/smoke/lvt_coco_panoptic.json").read_text())
     assert [r["id"] for r in panoptic["not_run"]] == ["panoptic_fpn_lvt_test_dev"]
 
 
 def test_each_table_ends_in_its_report_with_plots_and_the_index(project):
-    reports = project / "reports"
+    reports = project / "reports" / "smoke"  # smoke-scale tables' reports
     for target, (row_id, metrics) in EXPECTED.items():
         text = (reports / f"{target}.md").read_text()
         assert "SMOKE SCALE" in text and f"(`{row_id}`)" in text
@@ -61,15 +61,18 @@ def test_each_table_ends_in_its_report_with_plots_and_the_index(project):
         figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
         assert f"{target}/delta.png" in figures and any("curves_" in f for f in figures)
         assert all((reports / f).stat().st_size > 1000 for f in figures)
-    index = (reports / "README.md").read_text()
+    index = (project / "reports" / "README.md").read_text()
     for target in EXPECTED:
-        assert re.search(rf"^\| {target} \| .* \| smoke: 1 of \d+ rows ran \| \[{target}.md\]", index, re.M)
+        assert re.search(rf"^\| {target} \(smoke\) \| .* \| smoke: 1 of \d+ rows ran \| \[smoke/{target}.md\]", index,
+                         re.M)
+        assert re.search(rf"^\| {target} \| .* \| not run \|", index, re.M)  # its full-scale line
     assert re.search(r"^\| pvt_table2 \| .* \| not run \|", index, re.M)
-    assert (reports / "index.html").read_text().count("<tr>") == index.count("\n| ")  # header and a row each
+    # header and a row each
+    assert (project / "reports" / "index.html").read_text().count("<tr>") == index.count("\n| ")
 
 
 def test_a_report_renders_in_a_headless_browser_with_every_image(project, chromium):
-    page = project / "reports" / "pvt_table8.html"
+    page = project / "reports" / "smoke" / "pvt_table8.html"
     with Chromium(*chromium) as browser:
         browser.open(page.as_uri())
         images = browser.script("return [...document.images].map(i => [i.complete, i.naturalWidth]);")
@@ -79,7 +82,7 @@ def test_a_report_renders_in_a_headless_browser_with_every_image(project, chromi
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "pvt_table8.png").write_bytes(base64.b64decode(shot))
     assert images and all(done and width > 0 for done, width in images), images
-    table = json.loads((project / "results/tables/pvt_table8.json").read_text())
+    table = json.loads((project / "results/tables/smoke/pvt_table8.json").read_text())
     expected = [(r["row"], m) for r in table["rows"] for m in r["paper"]]
     assert [(row, metric) for row, metric, _ in rows] == expected
     assert {verdict for _, _, verdict in rows} == {"smoke"}
