@@ -4,7 +4,7 @@ a run made outside DVC, push and pull through a local and an SSH remote, and Sna
 after a pull."""
 
 import csv
-import getpass
+import pwd
 import hashlib
 import json
 import os
@@ -267,7 +267,7 @@ def sshd(tmp_path):
                 break
             except OSError:
                 time.sleep(0.1)
-        yield f"{getpass.getuser()}@127.0.0.1:{port}", keys / "user"
+        yield f"{pwd.getpwuid(os.getuid()).pw_name}@127.0.0.1:{port}", keys / "user"  # the account, not $USER
     finally:
         server.terminate()
         server.wait(timeout=30)
