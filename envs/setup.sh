@@ -19,8 +19,10 @@ if [ ! -x "$UV" ]; then
 fi
 
 echo "setup: syncing .venv with uv.lock"
-# --inexact keeps detectron2, which is installed from its sdist below rather than from the lock.
-"$UV" sync --frozen --inexact --python 3.11
+# --inexact keeps detectron2, which is installed from its sdist below rather than from the lock. Bytecode is
+# compiled once here: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile what it
+# imports (half of a `snakemake -n` start).
+"$UV" sync --frozen --inexact --python 3.11 --compile-bytecode
 
 echo "setup: detectron2"
 .venv/bin/python envs/install_detectron2.py

@@ -1,5 +1,6 @@
 """Snakefile, environment files and set-up: they agree with each other and with the config."""
 
+import os
 import subprocess
 
 import pytest
@@ -81,3 +82,13 @@ def test_seeds_from_the_command_line_are_taken_as_meant():
         assert seeds == ([0] if given == 0 else [0, 1])
     with pytest.raises(registry.ConfigError, match="field 'seeds.0': 'a' is not of type 'integer'"):
         registry.check_config({**config, "seeds": ["a"]})
+
+
+def test_setup_compiles_the_environment_bytecode():
+    # Python only reads bytecode where PYTHONDONTWRITEBYTECODE is set: without it every process (each Snakemake
+    # start, each job) compiles what it imports again.
+    import importlib.util
+
+    import snakemake.cli
+
+    assert os.path.exists(importlib.util.cache_from_source(snakemake.cli.__file__))
