@@ -133,7 +133,7 @@ def pipeline(scale: str, config: dict) -> dict:
     per_target = stage_jobs(scale, config)
     users = Counter(j.output for found in per_target.values() for j in found)
     shared = {j.output: j for found in per_target.values() for j in found if users[j.output] > 1}
-    prefix = "" if scale == "full" else "../"
+    up = "/".join([".."] * FILES[scale].count("/"))  # from the file's folder to the project root
     stages, plots = {}, []
     for out, job in shared.items():
         reads = [job.reads] if job.reads in shared else []
@@ -148,18 +148,17 @@ def pipeline(scale: str, config: dict) -> dict:
         paper = exp.paper if exp else target.removesuffix(released.SUFFIX)
         registry_deps = [f"config/papers/{paper}.yaml"] + (["config/released.yaml"] if not exp else [])
         reports = [paths.report(target, ext, scale) for ext in ("md", "html")]
-        reports.append(f"reports/{paths.scaled(target, scale)}")
+        reports.append(paths.report_figures(target, scale))
         title = f"{paper} {exp.title}" if exp else f"{paper} {released.TITLE}"
         stages[target] = _stage(
             f"{title} at {scale} scale (snakemake target `{target}`)", _snakemake(scale, [target]),
             CODE_DEPS + ["config/report.yaml"] + registry_deps + uses,
             _params(found, scale, ["seeds", "pretrain_source"]), own, reports)
-        plots += _plots(target, found, prefix)
-    doc = {"stages": stages, "plots": plots}
-    if scale != "full":
+        plots += _plots(target, found, f"{up}/" if up else "")
+    if up:
         for stage in stages.values():
-            stage["wdir"] = ".."
-    return doc
+            stage["wdir"] = up
+    return {"stages": stages, "plots": plots}
 
 
 def render(scale: str, config: dict) -> str:

@@ -166,4 +166,3 @@ def demo_artifacts(config: dict, datasets: dict) -> dict[str, list[str]]:
             "metrics": [j.metrics for j in found if j.metrics],
             "settings": [j.settings for j in found if j.settings],
             "reports": [paths.report(paths.DEMO, ext, "smoke") for ext in ("md", "html")]}
-

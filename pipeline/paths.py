@@ -75,6 +75,11 @@ def report(name: str, ext: str, scale: str = "full") -> str:
     return f"reports/{scaled(name, scale)}.{ext}"
 
 
+def report_figures(name: str, scale: str = "full") -> str:
+    """The folder of a table report's figures."""
+    return f"reports/{scaled(name, scale)}"
+
+
 REPORT_INDEX = ("reports/index.html", "reports/README.md")
 
 

@@ -98,7 +98,7 @@ def _scatter(table, paper, measured, metric, label, path) -> Figure:
 
 def curve_figure(name: str, job: str, folder: Path, out: Path) -> Figure | None:
     history = engine.read_history(job, folder)
-    loss_key = "total_loss" if job == "finetune" else "loss"
+    loss_key = engine.CURVE_COLUMNS[job]["train"]["loss"]
     steps = [h.get("step", h.get("iteration")) for h in history if loss_key in h]
     if not steps:
         return None
