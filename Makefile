@@ -1,5 +1,5 @@
 # The two commands a new user needs: `make demo` and `make test`. Both run the set-up first.
-.PHONY: setup demo test export-env clean-results
+.PHONY: setup demo test gpu-check export-env clean-results
 
 VENV_STAMP := .venv/.setup-stamp
 SETUP_INPUTS := pyproject.toml uv.lock envs/setup.sh envs/sdists.txt envs/install_detectron2.py
@@ -19,6 +19,11 @@ TEST_WORKERS ?= 2
 
 test: setup
 	.venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The GPU paths on one CUDA GPU, measured (pipeline/gpu_check.py): reports/bench/gpu.md and .json.
+# GPU_CHECK_ARGS="--compile" adds torch.compile; "--device cpu --tiny" runs every path on CPU in a minute.
+gpu-check: setup
+	.venv/bin/python -m pipeline.gpu_check $(GPU_CHECK_ARGS)
 
 # Re-export envs/requirements.lock.txt after changing uv.lock (a test checks they agree).
 export-env: setup

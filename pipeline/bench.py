@@ -10,6 +10,10 @@ for PVT, BoTNet and LVT, the elementwise channels-first LayerNorm (`fused_norm=F
 channels-first memory format for PatchConvNet.
 The official implementations' figures (config/bench/anchors.yaml) come from another run: they are compared
 after scaling by a yardstick, timm's ResNet-50 (the anchors' torchvision ResNet-50), measured in this run.
+
+`--dense`: the backbone as detection and segmentation run it (`features_only`, every stage's output) at
+DENSE_SIZE, batch 1; forward, and forward+backward with an SGD step on the sum of the features' means. Same
+baselines; ResNet-50's is timm's `features_only` network.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ TIMM_SAME = {"resnet50_baseline": "resnet50", "resnet101_baseline": "resnet101",
              "resnet152_baseline": "resnet152", "resnet200_baseline": "resnet200"}
 YARDSTICK = "resnet50"  # timm; the anchors' yardstick is torchvision's ResNet-50, the same architecture
 YARDSTICK_ANCHOR = "resnet50_baseline"
+# A COCO image at detectron2's test resize (short side 800, long side at most 1333), padded to a multiple of 32 as
+# the FPN detectors' `size_divisibility` does (a 4:3 image is 800x1067 -> 800x1088; 2:3 -> 800x1216).
+DENSE_SIZE = (800, 1216)
 # Conv-heavy families run channels-last by default (`--channels-last auto`).
 CHANNELS_LAST_FAMILIES = {"botnet", "hornet", "lvt", "patchconvnet"}
 # Same-run baseline per family: (label, model overrides, channels-last for the baseline or None = as the row).
@@ -56,28 +63,45 @@ def _measure(fn, batch: int, warmup: int, repeats: int, iters: int) -> dict:
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
+def _create(name: str, source: str, overrides: dict, dense: bool):
+    """(model, input size, MACs) of a row: the classifier at its resolution, or with `dense` the backbone's
+    feature pyramid at DENSE_SIZE."""
+    import torch
+
+    from models.flops import count_macs
+
+    if source == "timm":
+        import timm
+
+        kw = {"features_only": True, "out_indices": (1, 2, 3, 4)} if dense else {}
+        model = timm.create_model(name, **kw)
+        size = DENSE_SIZE if dense else tuple(model.pretrained_cfg.get("input_size", (3, 224, 224))[1:])
+        return model, size, None
+    import models
+
+    model = models.create(name, features_only=dense, **overrides)
+    size = DENSE_SIZE if dense else tuple(getattr(model, "img_size", (224, 224)))
+    return model, size, count_macs(model, torch.randn(1, 3, *size))
+
+
+def _loss(out, y):
+    import torch
+
+    if isinstance(out, (list, tuple)):  # a feature pyramid: every level takes part in the backward pass
+        return sum(o.float().mean() for o in out)
+    return torch.nn.functional.cross_entropy(out, y)
+
+
 def measure_one(name: str, source: str, batch: int, warmup: int, repeats: int, iters: int, channels_last: bool,
-                threads: int | None, overrides: dict | None = None, label: str | None = None) -> dict:
+                threads: int | None, overrides: dict | None = None, label: str | None = None,
+                dense: bool = False) -> dict:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    if source == "timm":
-        import timm
-
-        model = timm.create_model(name)
-        size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224))[1:])
-    else:
-        import models
-        from models.flops import count_macs
-
-        model = models.create(name, **(overrides or {}))
-        size = tuple(getattr(model, "img_size", (224, 224)))
+    model, size, macs = _create(name, source, overrides or {}, dense)
     params = sum(p.numel() for p in model.parameters())
-    macs = None
-    if source != "timm":
-        macs = count_macs(model, torch.randn(1, 3, *size))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     x = torch.randn(batch, 3, *size).contiguous(memory_format=fmt)
@@ -95,11 +119,11 @@ def measure_one(name: str, source: str, batch: int, warmup: int, repeats: int, i
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        _loss(model(x), y).backward()
         opt.step()
 
     train_rate = _measure(train_step, batch, warmup, repeats, iters)
-    return {"model": name + (f" ({label})" if label else ""), "source": source,
+    return {"model": name + (f" ({label})" if label else ""), "source": source, "dense": dense,
             "img_size": list(size), "params": params, "macs": macs,
             "channels_last": channels_last, "batch": batch, "threads": torch.get_num_threads(),
             "warmup": warmup, "repeats": repeats, "iters": iters,
@@ -112,6 +136,8 @@ def _run_isolated(name: str, source: str, args, baseline: tuple | None = None,
            "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--iters", str(args.iters)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.dense:
+        cmd.append("--dense")
     if channels_last if channels_last is not None else _channels_last(name, source, args.channels_last):
         cmd.append("--channels-last")
     if baseline is not None:
@@ -161,9 +187,7 @@ def render_markdown(rows: list[dict], anchors: dict, yardstick: dict) -> str:
     for r in rows:
         if r["source"] == "timm":
             continue
-        base = r.get("baseline")
-        vs_timm = (f"{r['infer']['median'] / base['infer']['median']:.2f}x / "
-                   f"{r['train']['median'] / base['train']['median']:.2f}x ({base['model']})") if base else "n/a"
+        vs_timm = _vs_baseline(r)
         a = anchors.get(r["model"])
         if a:
             y = anchors[YARDSTICK_ANCHOR]
@@ -181,6 +205,37 @@ def render_markdown(rows: list[dict], anchors: dict, yardstick: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _vs_baseline(r: dict) -> str:
+    base = r.get("baseline")
+    if not base:
+        return "n/a"
+    return (f"{r['infer']['median'] / base['infer']['median']:.2f}x / "
+            f"{r['train']['median'] / base['train']['median']:.2f}x ({base['model']})")
+
+
+def render_dense(rows: list[dict]) -> str:
+    r0 = rows[0]
+    lines = [
+        "# Backbone benchmark at detection resolution (CPU)",
+        "",
+        f"Each backbone's feature pyramid (`features_only`, every stage) on a {r0['img_size'][0]}x{r0['img_size'][1]} "
+        f"input, batch {r0['batch']}, fp32, {r0['threads']} threads; images/s as median (min-max) of {r0['repeats']} "
+        f"repeats of {r0['iters']} iterations after {r0['warmup']} warm-up iterations, each model in a fresh "
+        "process. `fwd`: forward under `inference_mode`; `fwd+bwd`: forward, backward of the sum of the features' "
+        "means and an SGD step. MACs of the forward pass counted by fvcore. `vs same-run baseline`: measured in "
+        "the same run, timm's same architecture or the same model done the reference implementations' way.",
+        "",
+        "| model | input | params | GMACs | CL | fwd img/s | fwd+bwd img/s | vs same-run baseline (fwd / fwd+bwd) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        size = "x".join(map(str, r["img_size"]))
+        lines.append(f"| {r['model']} | {size} | {r['params'] / 1e6:.3f}M | {r['macs'] / 1e9:.1f} | "
+                     f"{'yes' if r['channels_last'] else 'no'} | {_rate(r['infer'])} | {_rate(r['train'])} | "
+                     f"{_vs_baseline(r)} |")
+    return "\n".join(lines) + "\n"
+
+
 def bench_models(args) -> int:
     import models
 
@@ -191,8 +246,10 @@ def bench_models(args) -> int:
     if unknown:
         print(f"error: unknown models {unknown}; registered: {', '.join(models.list_models())}", file=sys.stderr)
         return 2
-    anchors = yaml.safe_load(ANCHORS.read_text())["anchors"]
-    yardstick = _run_isolated(YARDSTICK, "timm", args, channels_last=False)
+    if args.batch is None:
+        args.batch = 1 if args.dense else 8
+    # The yardstick scales the official figures, which exist for the classifiers only.
+    yardstick = None if args.dense else _run_isolated(YARDSTICK, "timm", args, channels_last=False)
     rows = []
     for name in names:
         row = _run_isolated(name, "project", args)
@@ -204,10 +261,13 @@ def bench_models(args) -> int:
         rows.append(row)
         print(f"{name}: {row['params'] / 1e6:.2f}M params, {row['macs'] / 1e9:.3f} GMACs, "
               f"infer {_rate(row['infer'])} img/s, train {_rate(row['train'])} img/s", file=sys.stderr, flush=True)
-    md = render_markdown(rows, anchors, yardstick)
+    if args.dense:
+        md, stem = render_dense(rows), "models_dense"
+    else:
+        md, stem = render_markdown(rows, yaml.safe_load(ANCHORS.read_text())["anchors"], yardstick), "models"
     out = Path(args.out)
-    atomic_write_text(out / "models.md", md)
-    atomic_write_json(out / "models.json", {"yardstick": yardstick, "rows": rows})
+    atomic_write_text(out / f"{stem}.md", md)
+    atomic_write_json(out / f"{stem}.json", {"yardstick": yardstick, "rows": rows})
     print(json.dumps(rows, indent=1) if args.json else md)
     return 0
 
@@ -217,7 +277,10 @@ def add_parser(sub) -> None:
     p.add_argument("what", choices=["models"])
     p.add_argument("--models", nargs="+", help="registered model names (default: all)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--dense", action="store_true",
+                   help=f"backbone features at {DENSE_SIZE[0]}x{DENSE_SIZE[1]} (detection and segmentation), batch 1; "
+                        "writes models_dense.md/.json")
+    p.add_argument("--batch", type=int, help="images per iteration (default: 8, with --dense 1)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--iters", type=int, default=5)
@@ -226,7 +289,7 @@ def add_parser(sub) -> None:
                    help="auto: on for conv-heavy families and timm baselines")
     p.add_argument("--no-baselines", dest="baselines", action="store_false",
                    help="skip the same-run baselines (halves the time; the yardstick is still measured)")
-    p.add_argument("--out", default=str(ROOT / "reports" / "bench"), help="folder for models.md and models.json")
+    p.add_argument("--out", default=str(ROOT / "reports" / "bench"), help="folder for models[_dense].md and .json")
     p.set_defaults(func=bench_models)
 
 
@@ -243,9 +306,10 @@ def main(argv=None) -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--overrides", default="{}", help="model keyword overrides as JSON (a baseline)")
     parser.add_argument("--label", help="what the overrides change, appended to the model name")
+    parser.add_argument("--dense", action="store_true", help="the backbone's features at DENSE_SIZE")
     a = parser.parse_args(argv)
     print(json.dumps(measure_one(a.name, a.source, a.batch, a.warmup, a.repeats, a.iters, a.channels_last,
-                                 a.threads, json.loads(a.overrides), a.label)))
+                                 a.threads, json.loads(a.overrides), a.label, a.dense)))
 
 
 if __name__ == "__main__":

@@ -284,11 +284,12 @@ def _start(cfg: FinetuneSettings, files: RunFiles, rank: int, world: int, log) -
     return pretrain_img_size(pretrained)
 
 
-def _trainer(cfg: FinetuneSettings, model: nn.Module, dicts: list, iters: int, milestones: list[int], world: int):
+def _trainer(cfg: FinetuneSettings, model: nn.Module, dicts: list, iters: int, milestones: list[int]):
+    """The trainer (DDP-wrapped where a process group exists, even of one process) and the lr scheduler."""
     optimizer = engine.optimizer(param_groups(model, cfg), cfg.optimizer, cfg.lr, nesterov=False)
     scheduler = build_scheduler(optimizer, cfg, iters, milestones)
     dev = next(model.parameters()).device
-    net = model if world == 1 else DistributedDataParallel(
+    net = model if not torch.distributed.is_initialized() else DistributedDataParallel(
         model, device_ids=[dev.index] if dev.type == "cuda" else None,
         forward_sync_buffers=False)  # detectron2's DDP set-up: no buffer sync in each forward
     return ClippedTrainer(net, build_train_loader(cfg, dicts), optimizer, cfg.clip_grad), scheduler
@@ -312,12 +313,14 @@ def finetune(cfg: FinetuneSettings, files: RunFiles) -> None:
     rank, world = comm.get_rank(), comm.get_world_size()
     log = engine.logger("finetune", files.log_file, rank)
     img_size = _start(cfg, files, rank, world, log)
+    if torch.distributed.is_initialized():
+        log.info("process group: %s, %d process(es), DDP", torch.distributed.get_backend(), world)
     train_set, _ = register(cfg.framework, files.data)
     dicts = get_detection_dataset_dicts([train_set])
     iters, milestones = schedule_length(cfg, len(dicts))
     model = build_model(cfg, files.pretrained, img_size).to(device())
     model.train()
-    trainer, scheduler = _trainer(cfg, model, dicts, iters, milestones, world)
+    trainer, scheduler = _trainer(cfg, model, dicts, iters, milestones)
     checkpointer = AtomicCheckpointer(model, files.work_dir, trainer=trainer)
     periodic = hooks.PeriodicCheckpointer(checkpointer, cfg.checkpoint_every, max_iter=iters, max_to_keep=1)
     trainer.register_hooks([

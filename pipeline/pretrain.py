@@ -8,7 +8,8 @@ Every value comes from the job's settings file (pipeline/settings.py PretrainSet
 
 The recipe's pieces are timm's: RandAugment and random erasing (`create_transform`), Mixup/CutMix with soft
 targets, the cosine schedule with warm-up, and the weight EMA. AMP (`--amp bf16|fp16`), channels-last and a
-deterministic mode are switches. The work dir holds `last.pth` (model, optimizer, scheduler, EMA, scaler,
+deterministic mode are switches, and `compile` runs the training steps through `torch.compile` (off by
+default; the first steps then take the compilation time). The work dir holds `last.pth` (model, optimizer, scheduler, EMA, scaler,
 step and RNG states), written atomically every `checkpoint_every` steps and at the end of each epoch; a
 re-run with the same work dir continues from it. Each sample's augmentation is seeded from (seed, epoch,
 index), and the batch order from (seed, epoch), so a resumed run sees exactly the batches an uninterrupted
@@ -143,16 +144,17 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device): one process per GPU under torchrun/SLURM, or the single local process."""
+    """(rank, world size, device): one process per GPU under torchrun/SLURM (a process group and DDP, even for one
+    process), or the single local process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
+    if "RANK" in os.environ and not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
-    return (dist.get_rank() if world > 1 else 0), world, device
+    return (dist.get_rank() if dist.is_initialized() else 0), world, device
 
 
 def set_deterministic(on: bool) -> None:
@@ -229,13 +231,17 @@ class Trainer:
         self.step = state["step"]
 
 
-def build_trainer(cfg: PretrainSettings, data: Data, device: torch.device, world: int) -> Trainer:
-    model = models.create(cfg.backbone, num_classes=1000, drop_path_rate=cfg.drop_path, img_size=cfg.img_size)
+def build_trainer(cfg: PretrainSettings, data: Data, device: torch.device, world: int, **model_overrides) -> Trainer:
+    """`model_overrides`: the builder's switches (`fused_attn=False`...), for comparisons (pipeline/gpu_check.py)."""
+    model = models.create(cfg.backbone, num_classes=1000, drop_path_rate=cfg.drop_path, img_size=cfg.img_size,
+                          **model_overrides)
     model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
+        if dist.is_initialized() else model
+    if cfg.compile:
+        net = torch.compile(net)  # the step's forward; `model` keeps the state dict's keys and the EMA's source
     lr = peak_lr(cfg)
     optimizer = engine.optimizer(param_groups_weight_decay(model, cfg.weight_decay), cfg.optimizer, lr, nesterov=True)
     scheduler = CosineLRScheduler(optimizer, t_initial=data.total, lr_min=min(cfg.min_lr, lr), warmup_t=data.warmup,
@@ -319,7 +325,7 @@ def _resume_or_start(t: Trainer, state_file: Path, cfg: PretrainSettings, data: 
 
 
 def _leave(world: int) -> None:
-    if world > 1:
+    if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
@@ -332,8 +338,8 @@ def _start(cfg: PretrainSettings, root: Path, out, rank: int, world: int, log) -
     engine.seed_everything(cfg.seed)
     if cfg.batch_size % world:
         raise TrainingError(f"batch_size {cfg.batch_size} is the global batch; it must divide among {world} processes")
-    engine.claim(out.work_dir, engine.fingerprint(cfg, root, skip=("workers", "steps", "checkpoint_every")), log, rank,
-                 dist.barrier if world > 1 else lambda: None)
+    engine.claim(out.work_dir, engine.fingerprint(cfg, root, skip=("workers", "steps", "checkpoint_every", "compile")),
+                 log, rank, dist.barrier if dist.is_initialized() else lambda: None)
 
 
 def train(cfg: PretrainSettings, root: Path, out, log_file: str | None = None) -> dict:
@@ -342,6 +348,8 @@ def train(cfg: PretrainSettings, root: Path, out, log_file: str | None = None) -
     rank, world, device = init_distributed()
     log = engine.logger("pretrain", log_file, rank)
     _start(cfg, root, out, rank, world, log)
+    if dist.is_initialized():
+        log.info("process group: %s, %d process(es), DDP", dist.get_backend(), world)
     data = build_data(cfg, root)
     t = build_trainer(cfg, data, device, world)
     state_file = out.work_dir / "last.pth"

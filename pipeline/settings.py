@@ -70,6 +70,8 @@ class PretrainSettings:
     eval_crop_pct: float = 0.875
     amp: str = "off"
     channels_last: bool = False
+    # torch.compile the training forward and backward (the model's weights and checkpoints are unchanged).
+    compile: bool = False
     deterministic: bool = False
     checkpoint_every: int = 5
     workers: int = 0

@@ -39,3 +39,26 @@ def test_committed_full_benchmark_lists_every_registered_variant():
     assert {r["model"] for r in data["rows"]} == set(models.list_models())
     table = (root / "models.md").read_text()
     assert all(f"| {name} |" in table for name in models.list_models())
+
+
+def test_dense_mode_measures_the_feature_pyramid_at_detection_resolution(tmp_path):
+    proc = run([PYTHON, "-m", "pipeline", "bench", "models", "--dense", "--models", "lvt", "--warmup", "0",
+                "--repeats", "1", "--iters", "1", "--threads", "2", "--out", str(tmp_path)], timeout=900)
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    # The official headless LVT (3,430,180) less its four classification LayerNorms (1,088): tests/test_lvt.py.
+    assert table[1].startswith(f"| lvt | 800x1216 | {(3_430_180 - 1_088) / 1e6:.3f}M |")
+    assert table[1].endswith("(lvt (explicit attention)) |")
+    row = json.loads((tmp_path / "models_dense.json").read_text())["rows"][0]
+    assert row["dense"] and row["batch"] == 1 and row["baseline"]["img_size"] == [800, 1216]
+    assert not (tmp_path / "models.md").exists()
+
+
+def test_committed_dense_rows_cover_every_family_with_baselines():
+    from pathlib import Path
+
+    import models
+
+    data = json.loads((Path(__file__).resolve().parent.parent / "reports" / "bench" / "models_dense.json").read_text())
+    assert {models.family(r["model"]) for r in data["rows"]} >= {"pvt", "botnet", "hornet", "lvt", "patchconvnet"}
+    assert all(r["dense"] and r["img_size"] == [800, 1216] and r["baseline"]["infer"]["median"] > 0
+               for r in data["rows"])

@@ -156,3 +156,26 @@ def test_a_second_trainer_on_the_same_run_stops_in_one_line(embedded_data, tmp_p
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and f"pid {first.pid} is running this job" in errors[0] and "state" in errors[0]
+
+
+def test_compiled_training_steps_give_the_eager_losses():
+    """Settings `compile: true` (torch.compile, inductor on CPU): the same losses step by step as the eager model
+    from the same weights and batches, and checkpoints keep the model's own keys."""
+    from pipeline import pretrain
+
+    cfg = PretrainSettings("resnet18_torchvision", steps=3, warmup_steps=1, batch_size=4, img_size=64, drop_path=0.0)
+    data = pretrain.Data(train=None, val=None, per_epoch=3, total=3, warmup=1)
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 3, 64, 64), torch.randint(0, 1000, (4,))) for _ in range(3)]
+    losses, keys = {}, {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        run_cfg = PretrainSettings(**{**cfg.__dict__, "compile": compiled})
+        trainer = pretrain.build_trainer(run_cfg, data, torch.device("cpu"), 1)
+        assert (trainer.net is not trainer.model) == compiled  # the steps run the compiled module
+        trainer.model.train()
+        losses[compiled] = [pretrain.train_step(trainer, run_cfg, x, y, 1) for x, y in batches]
+        keys[compiled] = list(trainer.state(run_cfg)["model"])
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-5)
+    assert losses[False][0] != losses[False][-1]  # the steps train
+    assert keys[True] == keys[False]
