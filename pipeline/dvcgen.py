@@ -73,7 +73,7 @@ def kept(job: jobs.Job) -> dict[str, list[str]]:
 def stage_jobs(scale: str, config: dict) -> dict[str, list[jobs.Job]]:
     """Each table target's jobs at `scale` (the released tables' without their downloads)."""
     datasets = sources.datasets(config["data_root"])
-    found = {t: jobs.jobs(t, scale, datasets, config["seeds"], config["pretrain_source"])
+    found = {t: jobs.jobs(t, scale, datasets, jobs.table_seeds(t, config, scale), config["pretrain_source"])
              for t in targets.reproducible()}
     for t in released.targets():
         found[t] = [j for j in jobs.released_jobs(t, scale, datasets, config["data_root"])

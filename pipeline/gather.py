@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import jobs, paths, registry, settings, targets
+from pipeline import jobs, paths, registry, settings, stats, targets
 from pipeline.data import sources
 from pipeline.io import atomic_write_json
 from pipeline.logs import setup_logging
@@ -77,6 +77,49 @@ def _metrics_of(found: list[jobs.Job]) -> dict:
     return out
 
 
+def train_rate(job: jobs.Job) -> float | None:
+    """A pretraining job's images per second: its steps x batch over the wall time its runs recorded
+    (environment.json, resumed runs added up; the final evaluation included)."""
+    if job.rule != "pretrain":
+        return None
+    metrics = Path(job.dir) / paths.PRETRAIN_METRICS
+    runs = Path(job.dir) / paths.ENVIRONMENT
+    if not (metrics.exists() and runs.exists() and Path(job.settings).exists()):
+        return None
+    seconds = sum(r["seconds"] for r in json.loads(runs.read_text())["runs"])
+    batch = settings.read(job.settings)["values"]["batch_size"]
+    steps = json.loads(metrics.read_text()).get("steps")
+    return steps * batch / seconds if steps and seconds else None
+
+
+def _summaries(per_seed: dict, names) -> dict:
+    """Each metric's mean, std and 95 % interval over the seeds that measured it (pipeline/stats.py)."""
+    out = {}
+    for name in names:
+        values = [v[name] for v in per_seed.values() if v[name] is not None]
+        if values:
+            out[name] = stats.summarize(values).as_dict()
+    return out
+
+
+def comparison(rows: list[dict]) -> dict:
+    """Per metric, over the rows that measured it with two or more seeds: each row's range of places and every
+    pair's difference with its interval (pipeline/stats.py); a ranking is claimed only where they allow."""
+    out = {}
+    names = dict.fromkeys(name for row in rows for name in row["measured"])
+    for name in names:
+        values = {row["id"]: [v[name] for v in row["per_seed"].values() if v.get(name) is not None] for row in rows}
+        values = {k: v for k, v in values.items() if len(v) >= 2}
+        if len(values) < 2:
+            continue
+        higher = stats.higher_is_better(name)
+        out[name] = {"higher_is_better": higher, "confidence": stats.CONFIDENCE,
+                     "interval": stats.METHOD,
+                     "ranks": {k: list(v) for k, v in stats.ranks(values, higher).items()},
+                     "pairwise": stats.pairwise(values, higher)}
+    return out
+
+
 def _row(run: targets.Run, paper_row: dict, scale: str, datasets: dict, seeds: list[int], source="ours") -> dict:
     per_seed, everything, files = {}, {}, {}
     for seed in seeds:
@@ -90,6 +133,7 @@ def _row(run: targets.Run, paper_row: dict, scale: str, datasets: dict, seeds: l
     for name in paper_row["metrics"]:
         values = [per_seed[s][name] for s in seeds if per_seed[s][name] is not None]
         measured[name] = statistics.fmean(values) if values else None
+    rates = [r for s in seeds for r in [train_rate(jobs.run_jobs(run, scale, datasets, s, source)[0])] if r]
     return {
         "id": run.row, "row": paper_row["row"], "kind": run.kind, "backbone": run.backbone,
         "pretrain": jobs.weights_source(run.backbone, run.pretrain, source) if run.kind == "finetune" else run.pretrain,
@@ -99,6 +143,9 @@ def _row(run: targets.Run, paper_row: dict, scale: str, datasets: dict, seeds: l
         # What the plan asks of a cluster for each job of the row (one seed): GPUs per node, nodes, minutes.
         "plan": {job.rule: job.resources(scale) for job in jobs.run_jobs(run, scale, datasets, seeds[0], source)},
         "per_seed": {str(s): per_seed[s] for s in seeds},
+        "summary": _summaries(per_seed, paper_row["metrics"]),
+        # The pretraining's own throughput (images/s), averaged over seeds; None for imported weights.
+        "pretrain_images_per_s": statistics.fmean(rates) if rates else None,
         "all_measured": {str(s): everything[s] for s in seeds},
         "settings": {str(s): files[s] for s in seeds},
         "settings_sha256": settings_hash([f for s in seeds for f in files[s].values()]),
@@ -113,6 +160,7 @@ def gather(target: str, scale: str, seeds: list[int], data_root: str, rows: list
     datasets = sources.datasets(data_root)
     paper_rows = {r["id"]: r for r in registry.table(exp.paper, exp.table)["rows"]}
     runs = [run for run in exp.runs if rows is None or run.row in rows]
+    measured = [_row(run, paper_rows[run.row], scale, datasets, seeds, source) for run in runs]
     return {
         "target": target, "paper": exp.paper, "table": exp.table, "title": exp.title,
         "paper_name": registry.paper(exp.paper)["name"], "arxiv": registry.paper(exp.paper).get("arxiv"),
@@ -120,7 +168,8 @@ def gather(target: str, scale: str, seeds: list[int], data_root: str, rows: list
         "scale": scale, "seeds": seeds, "code_version": code_version(),
         "gathered": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "pretrain_source": source,
-        "rows": [_row(run, paper_rows[run.row], scale, datasets, seeds, source) for run in runs],
+        "rows": measured,
+        "comparison": comparison(measured) if len(seeds) > 1 else {},
         "not_run": [] if rows else [{"id": rid, "row": paper_rows[rid]["row"], "why": why}
                                     for rid, why in exp.skipped],
     }

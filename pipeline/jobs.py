@@ -111,6 +111,22 @@ def run_jobs(run: Run, scale: str, datasets: dict, seed: int, pretrain_source="o
     return found
 
 
+def table_seeds(target: str, config: dict, scale: str | None = None) -> list[int]:
+    """The seeds a table's rows run with: the config's `seeds`, extended with the next unused integers to the
+    table's own count (`experiment.seeds`, the project's tables); at smoke scale the smoke profile's `seeds`
+    caps that count."""
+    seeds = list(config["seeds"])
+    want = experiments()[target].seeds if target in experiments() else None
+    if not want:
+        return seeds
+    if (scale or config["scale"]) == "smoke":
+        want = min(want, config["smoke"][config["smoke_profile"]].get("seeds", want))
+    extra = (s for s in range(max(seeds, default=-1) + 1, 10**6))
+    while len(seeds) < want:
+        seeds.append(next(extra))
+    return seeds
+
+
 def _runs(target: str, seeds: list[int]):
     """Each run a target's rows need (the baselines of delta rows included), under each seed."""
     for run in experiments()[target].runs:

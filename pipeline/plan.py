@@ -37,7 +37,8 @@ def _jobs(name: str, config: dict, datasets: dict) -> list[tuple[jobs.Job, str]]
         return [(job, config["scale"]) for job in jobs.released_jobs(name, config["scale"], datasets,
                                                                      config["data_root"])]
     return [(job, config["scale"]) for exp in targets.resolve(name, config["paper"])
-            for job in jobs.jobs(exp.target, config["scale"], datasets, config["seeds"], config["pretrain_source"])]
+            for job in jobs.jobs(exp.target, config["scale"], datasets, jobs.table_seeds(exp.target, config),
+                                config["pretrain_source"])]
 
 
 def plan(names: list[str], config: dict, root: Path = Path(".")) -> dict:

@@ -96,6 +96,33 @@ def _scatter(table, paper, measured, metric, label, path) -> Figure:
                   f"The paper's rows (grey) and the measured ones (blue); {label} as the paper counts them.")
 
 
+def family_figures(table: dict, rows, out: Path) -> list[Figure]:
+    """The project's tables: each compared metric's mean with its 95 % interval against the backbone's MACs and
+    against the pretraining's measured images/s, one point per row (family)."""
+    found = []
+    for metric in table.get("comparison", {}):
+        points = [(r, r.row["summary"][metric]) for r in rows if metric in r.row.get("summary", {})]
+        for key, label, name in (("backbone_flops_g", "backbone MACs at 224 (G)", "macs"),
+                                 ("pretrain_images_per_s", "pretraining images/s (measured)", "throughput")):
+            xs = [(r.cost.get(key) if key in r.cost else r.row.get(key), s, r.row["row"]) for r, s in points]
+            xs = [(x, s, label_) for x, s, label_ in xs if x]
+            if len(xs) < 2:
+                continue
+            plt = _pyplot()
+            fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+            for x, summ, row in xs:
+                ci = summ["ci95"] or [summ["mean"], summ["mean"]]
+                ax.errorbar(x, summ["mean"], yerr=[[summ["mean"] - ci[0]], [ci[1] - summ["mean"]]], fmt="o",
+                            color=MEASURED_COLOR, capsize=3)
+                ax.annotate(row, (x, summ["mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set_xlabel(label)
+            ax.set_ylabel(metric)
+            ax.set_title(f"{table['title']}: {metric} vs {label}", fontsize=9)
+            found.append(Figure(_save(fig, out / f"{metric}_vs_{name}.png"), f"{metric} vs {label}",
+                                f"Mean over seeds with its 95 % interval, one point per family; {label}."))
+    return found
+
+
 def curve_figure(name: str, job: str, folder: Path, out: Path) -> Figure | None:
     history = engine.read_history(job, folder)
     loss_key = engine.CURVE_COLUMNS[job]["train"]["loss"]
@@ -127,7 +154,8 @@ def _slug(text: str) -> str:
 
 def table_figures(table: dict, rows, out: Path) -> list[Figure]:
     """Every figure of a table report, written under `out`."""
-    found = [f for f in [delta_figure(table, rows, out), *cost_figures(table, rows, out)] if f is not None]
+    found = [f for f in [delta_figure(table, rows, out), *cost_figures(table, rows, out),
+                         *family_figures(table, rows, out)] if f is not None]
     for r in rows:
         for seed, files in r.row["settings"].items():
             for job, settings_file in files.items():

@@ -78,6 +78,13 @@ def finetune(recipe: str, model: str, schedule: str) -> dict:
     return values
 
 
+def weights_from(recipe: str) -> str | None:
+    """The pretraining recipe a fine-tuning recipe's backbones start from, where it names one (`pretrain`: the
+    project's recipes); None: each backbone's family recipe."""
+    field = _recipe("finetune", recipe)["fields"].get("pretrain")
+    return field["value"] if field else None
+
+
 GPUS_PER_NODE = 8
 
 

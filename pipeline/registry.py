@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "config"
 PAPERS_DIR = CONFIG_DIR / "papers"
 SCHEMA_DIR = CONFIG_DIR / "schema"
-PAPERS = ("botnet", "pvt", "hornet", "lvt", "patchconvnet")
+# The five papers, and the project's own tables (config/papers/project.yaml: no paper values).
+PROJECT = "project"
+PAPERS = ("botnet", "pvt", "hornet", "lvt", "patchconvnet", PROJECT)
 
 
 class ConfigError(Exception):
@@ -170,7 +172,7 @@ def _load_all(papers_dir: str) -> dict[str, dict]:
 
 
 def papers(papers_dir: Path = PAPERS_DIR) -> dict[str, dict]:
-    """All five registry files, validated, keyed by paper (`botnet`, `pvt`, ...)."""
+    """Every registry file (the five papers and the project's tables), validated, keyed by paper (`botnet`, `pvt`, ...)."""
     return _load_all(str(papers_dir))
 
 

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from pipeline.io import atomic_write_text
+from pipeline.registry import PROJECT
 
 SMOKE_BANNER = ("**SMOKE SCALE. These measured numbers are not a reproduction.** Every job of this target's DAG "
                 "ran (data preparation, then training and evaluation, or for released checkpoints fetching, "
@@ -53,10 +54,17 @@ def result_rows(rows) -> list[list[str]]:
 RESULT_HEADER = ["row", "metric", "paper", "measured (mean ± std, n)", "Δ", "band", "verdict"]
 
 
+def _kind(table: dict) -> str:
+    return "comparison report" if table["paper"] == PROJECT else "reproduction report"
+
+
 def _header_lines(table: dict, table_json: Path) -> list[str]:
     number = table["number"]
+    first = (f"The project's own table ({table['title']}): no paper ran this comparison, so no row has a paper "
+             "value; every row trains with the same recipes (`config/papers/project.yaml`)."
+             if table["paper"] == PROJECT else None)
     return [
-        f"Paper: {table['paper_name']} (arXiv {table.get('arxiv') or 'n/a'}), {table['title']}"
+        first or f"Paper: {table['paper_name']} (arXiv {table.get('arxiv') or 'n/a'}), {table['title']}"
         + ("" if number.get("verified", True) else f" (table number unverified: {number.get('note')})"),
         f"Scale `{table['scale']}`, seeds {', '.join(map(str, table['seeds']))}; code {table['code_version']}; "
         f"gathered {table.get('gathered', 'n/a')} into `{table_json}`.",
@@ -114,9 +122,25 @@ def _html_links(text: str, base: Path) -> str:
     return LINK.sub(lambda m: f"<a href='{_rel(m.group(1), base)}'>{m.group(1)}</a>", text)
 
 
+def _ranking_intro(table: dict) -> str:
+    comp = next(iter(table["comparison"].values()))
+    return (f"Each row ran with seeds {', '.join(map(str, table['seeds']))}. Intervals at "
+            f"{comp['confidence']:.0%}: {comp['interval']}. A place is claimed only where the intervals of the "
+            "differences allow it; a range of places means these seeds cannot order the row against its "
+            "neighbours.")
+
+
+def ranking_sections(table: dict, rows) -> list[tuple[str, list[list[str]], list[str]]]:
+    """(metric, ranking rows, pairwise lines) for each metric the table compares across rows."""
+    from pipeline.report import pairwise_lines, ranking
+
+    ranks, pairs = ranking(table, rows), pairwise_lines(table, rows)
+    return [(metric, ranks[metric], pairs[metric]) for metric in ranks]
+
+
 def markdown(table: dict, rows, figures, out: Path, table_json: Path) -> str:
     name = out.stem
-    lines = [f"# {table['paper_name']} {table['title']}: reproduction report (`{name}`)", ""]
+    lines = [f"# {table['paper_name']} {table['title']}: {_kind(table)} (`{name}`)", ""]
     if table["scale"] == "smoke":
         lines += [SMOKE_BANNER, ""]
     lines += [*_header_lines(table, table_json), "", "## Results", "",
@@ -124,6 +148,15 @@ def markdown(table: dict, rows, figures, out: Path, table_json: Path) -> str:
     lines += ["| " + " | ".join(cells) + " |" for cells in result_rows(rows)]
     lines += ["", "Bands: " + "; ".join(f"{k} ±{b.width:g} ({b.source})" for k, b in _bands_used(rows).items())
               if _bands_used(rows) else "Bands: none apply.", ""]
+    sections = ranking_sections(table, rows) if table.get("comparison") else []
+    if sections:
+        from pipeline.report import RANKING_HEADER
+
+        lines += ["## Ranking across families", "", _ranking_intro(table), ""]
+        for metric, ranked, pairs in sections:
+            lines += [f"### {metric}", "", "| " + " | ".join(RANKING_HEADER) + " |", "|" + "---|" * len(RANKING_HEADER)]
+            lines += ["| " + " | ".join(cells) + " |" for cells in ranked]
+            lines += ["", "Pairwise (difference of means, its interval):", ""] + [f"- {p}" for p in pairs] + [""]
     for r in rows:
         lines += [f"## {r.row['row']} (`{r.row['id']}`)", "", "Deviations from the paper's recipe:", ""]
         lines += [f"- {d}" for d in r.deviations] + ["", "Provenance:", ""]
@@ -178,13 +211,21 @@ def _inline_png(path: Path) -> str:
 
 def page(table: dict, rows, figures, table_json: Path, out: Path) -> str:
     name, base = out.stem, out.parent
-    parts = [f"<h1>{_esc(table['paper_name'])} {_esc(table['title'])}: reproduction report "
+    parts = [f"<h1>{_esc(table['paper_name'])} {_esc(table['title'])}: {_kind(table)} "
              f"(<code>{_esc(name)}</code>)</h1>"]
     if table["scale"] == "smoke":
         parts.append(f"<div class='banner'>{_esc(SMOKE_BANNER.replace('**', ''))}</div>")
     parts += [f"<p>{_inline(line)}</p>" for line in _header_lines(table, table_json)]
     parts += ["<h2>Results</h2>", _html_table(RESULT_HEADER, result_rows(rows), verdict_col=6)]
     parts += [f"<p>Band {_esc(k)} ±{b.width:g}: {_esc(b.source)}</p>" for k, b in _bands_used(rows).items()]
+    sections = ranking_sections(table, rows) if table.get("comparison") else []
+    if sections:
+        from pipeline.report import RANKING_HEADER
+
+        parts += ["<h2>Ranking across families</h2>", f"<p>{_esc(_ranking_intro(table))}</p>"]
+        for metric, ranked, pairs in sections:
+            parts += [f"<h3>{_esc(metric)}</h3>", _html_table(RANKING_HEADER, ranked),
+                      "<ul>" + "".join(f"<li>{_esc(p)}</li>" for p in pairs) + "</ul>"]
     for r in rows:
         items = [*r.deviations, *r.provenance, *_usage_lines(r), *[c for c in [_cost_line(r)] if c]]
         parts += [f"<h2>{_esc(r.row['row'])} (<code>{_esc(r.row['id'])}</code>)</h2>",
@@ -222,6 +263,10 @@ self-contained `<target>.html`; `index.html` is this list as a page. Smoke-scale
   throughput with same-run baselines, for representatives of every family at the full protocol.
 - `bench/all/models.md`, `bench/all/models.json`: the same command for every registered variant
   (`--out reports/bench/all`) at a reduced protocol. Each committed copy records its command and settings.
+- `bench/models_dense.md`, `bench/models_dense.json`: `python -m pipeline bench models --dense`, each family's
+  backbone features at 800x1216 with the same-run baselines.
+- `bench/gpu.md`, `bench/gpu.json`: `make gpu-check` on one CUDA GPU (AMP training steps, detector iterations at
+  800x1333, DDP through torchrun and detectron2's launch), when it has been run.
 
 ## Tables
 """

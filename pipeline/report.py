@@ -20,7 +20,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import paths, registry, released, settings, targets
+from pipeline import model_index, paths, recipes, registry, released, settings, targets
 from pipeline.io import waiting_lock
 from pipeline.jobs import SCALES
 from pipeline.logs import fail, setup_logging
@@ -127,7 +127,7 @@ def _read_json(path: Path) -> dict | None:
 
 def deviations(row: dict, scale: str) -> list[str]:
     """How the row's runs differ from the paper's recipe, from their resolved settings and what they ran on."""
-    out = [_pretraining_source(row, scale)]
+    out = [_pretraining_source(row, scale)] + own_recipe_differences(row)
     first = next(iter(_job_dirs(row).values()), {})
     for job, folder in first.items():
         doc = _settings(folder)
@@ -148,6 +148,39 @@ def deviations(row: dict, scale: str) -> list[str]:
                        f"{values['gpus'] * values.get('nodes', 1)} GPUs (batch {values.get('batch_size')} in total "
                        "either way)")
     return out
+
+
+# Recipe keys that say where and how long a job runs, not how it trains.
+RESOURCE_KEYS = ("gpus", "nodes", "hours", "lr_at_batch", "schedule", "pretrain")
+
+
+def _differences(mine: dict, theirs: dict, job: str, their_name: str) -> list[str]:
+    return [f"{job}: `{k}` {_short(mine.get(k))} here, {_short(theirs.get(k))} in its paper's `{their_name}` recipe"
+            for k in sorted(set(mine) | set(theirs)) if k not in RESOURCE_KEYS and mine.get(k) != theirs.get(k)]
+
+
+def own_recipe_differences(row: dict) -> list[str]:
+    """A project-table row: every value in which its recipes differ from its own paper's (the family's
+    pretraining recipe, and its paper's recipe for the same detector or segmentor)."""
+    if row.get("evidence") != "project":
+        return []
+    backbone = row["backbone"]
+    family = model_index.family(backbone)
+    own, mine = targets.default_pretrain(backbone), row["pretrain"]
+    out = []
+    if own == targets.SUPPLIED:
+        out.append(f"pretrain: its paper ({family}) has no ImageNet recipe of its own to compare with")
+    elif mine in recipes.load("pretrain") and mine != own:
+        out += _differences(recipes.pretrain(mine, backbone), recipes.pretrain(own, backbone), "pretrain", own)
+    if row["kind"] != "finetune":
+        return out
+    mine = recipes.finetune(row["recipe"], backbone, row["schedule"])
+    theirs = [name for name in recipes.load("finetune") if name.startswith(f"{family}_")
+              and recipes.finetune(name, backbone, next(iter(recipes.schedules(name))))["framework"] == mine["framework"]]
+    if not theirs:
+        return out + [f"finetune: its paper ({family}) has no {mine['framework']} recipe to compare with"]
+    schedule = row["schedule"] if row["schedule"] in recipes.schedules(theirs[0]) else next(iter(recipes.schedules(theirs[0])))
+    return out + _differences(mine, recipes.finetune(theirs[0], backbone, schedule), "finetune", theirs[0])
 
 
 def _pretraining_source(row: dict, scale: str) -> str:
@@ -250,12 +283,9 @@ def backbone_cost(backbone: str, resolution: int | None) -> tuple[float, float |
     params = sum(p.numel() for p in model.parameters()) / 1e6
     if not resolution:
         return params, None
-    from fvcore.nn import FlopCountAnalysis
+    from models.flops import count_macs  # counts the fused attention as the two matmuls it replaces
 
-    with torch.no_grad():
-        count = FlopCountAnalysis(model, torch.zeros(1, 3, resolution, resolution))
-        count.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return params, count.total() / 1e9
+    return params, count_macs(model, torch.zeros(1, 3, resolution, resolution)) / 1e9
 
 
 def cost(row: dict) -> dict:
@@ -264,6 +294,9 @@ def cost(row: dict) -> dict:
     paper = row.get("paper_cost") or {}
     out = {"paper_params_m": paper.get("params_m"), "paper_flops_g": paper.get("flops_g"),
            "convention": paper.get("flops_convention"), "params_m": None, "flops_g": None}
+    if row.get("evidence") == "project":
+        # The project's tables compare families: the backbone's classifier at 224, whatever the task.
+        out["backbone_params_m"], out["backbone_flops_g"] = backbone_cost(row["backbone"], 224)
     if row["kind"] == "pretrain":
         resolution = _resolution(paper.get("resolution"))
         out["params_m"], out["flops_g"] = backbone_cost(row["backbone"], resolution if paper.get("flops_g") else None)
@@ -277,6 +310,61 @@ def cost(row: dict) -> dict:
 def _resolution(text) -> int | None:
     found = re.match(r"\s*(\d+)", str(text or ""))
     return int(found.group(1)) if found else None
+
+
+# ---- the project's tables: seeds, intervals, ranks ----
+
+
+def _place(ranks: list[int]) -> str:
+    lo, hi = ranks
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def ranking(table: dict, rows: list["RowReport"]) -> dict[str, list[list[str]]]:
+    """Per compared metric: place (a range where the seeds cannot order the rows), row, mean ± std (n), 95 %
+    interval, the backbone's parameters and MACs, and the pretraining's images/s; best first."""
+    by_id = {r.row["id"]: r for r in rows}
+    out = {}
+    for metric, comp in table.get("comparison", {}).items():
+        lines = []
+        order = sorted(comp["ranks"], key=lambda k: (comp["ranks"][k][0], comp["ranks"][k][1],
+                                                     -by_id[k].row["summary"][metric]["mean"] if comp["higher_is_better"]
+                                                     else by_id[k].row["summary"][metric]["mean"]))
+        for row_id in order:
+            r = by_id[row_id]
+            summ = r.row["summary"][metric]
+            ci = summ["ci95"]
+            rate = r.row.get("pretrain_images_per_s")
+            lines.append([_place(comp["ranks"][row_id]), r.row["row"],
+                          f"{summ['mean']:.2f} ± {summ['std']:.2f} (n={summ['n']})",
+                          f"[{ci[0]:.2f}, {ci[1]:.2f}]", _fmt(r.cost.get("backbone_params_m"), 1),
+                          _fmt(r.cost.get("backbone_flops_g"), 2), _fmt(rate, 1)])
+        out[metric] = lines
+    return out
+
+
+RANKING_HEADER = ["place", "row", "mean ± std (n)", "95 % interval", "backbone params (M)", "backbone MACs (G)",
+                  "pretraining img/s"]
+
+
+def pairwise_lines(table: dict, rows: list["RowReport"]) -> dict[str, list[str]]:
+    """Per compared metric, each pair: the difference of means with its interval, and which is better where
+    the interval excludes zero."""
+    names = {r.row["id"]: r.row["row"] for r in rows}
+    out = {}
+    for metric, comp in table.get("comparison", {}).items():
+        lines = []
+        for p in comp["pairwise"]:
+            lo, hi = p["ci95"] if p["ci95"] else (None, None)
+            interval = f"[{lo:+.2f}, {hi:+.2f}]" if lo is not None else "no interval"
+            verdict = f"{names[p['better']]} better" if p["better"] else "not resolved by these seeds"
+            lines.append(f"{names[p['a']]} − {names[p['b']]}: {p['difference']:+.2f} {interval} → {verdict}")
+        out[metric] = lines
+    return out
+
+
+def _fmt(value, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 # ---- the report of one table ----
@@ -335,6 +423,8 @@ def status(table: dict | None) -> str:
         return f"smoke: {measured} of {total} rows ran"
     if measured < total:
         return f"partial: {measured} of {total} rows measured"
+    if table["paper"] == registry.PROJECT:
+        return f"{measured} of {total} rows measured (no paper values: a comparison)"
     ok = sum(1 for r in judged if all(j.verdict in ("reproduced", "no band", "paper value not available")
                                       for j in r))
     return f"{ok} of {total} rows reproduced"

@@ -5,7 +5,8 @@
 A table with a `target` is reproduced by that Snakemake target. Each row either has a `run` (backbone, the
 fine-tuning schedule, optionally the pretraining recipe and a baseline model for *_delta metrics) or says in
 `not_run` why it has none. A backbone is pretrained with its family's recipe (config/recipes/pretrain.yaml)
-unless the row names another; a backbone with no recipe (the torchvision baselines) starts from ImageNet
+unless the row names another (the project's ImageNet table: `fair`); a fine-tuned backbone starts from the
+pretraining its fine-tuning recipe names (`pretrain`, the project's recipes) or its family's; a backbone with no recipe (the torchvision baselines) starts from ImageNet
 weights the user supplies.
 """
 
@@ -53,6 +54,7 @@ class Experiment:
     not_reproduced: str | None
     runs: tuple[Run, ...]
     skipped: tuple[tuple[str, str], ...]  # (row id, why)
+    seeds: int | None = None  # seeds each row runs with at least (jobs.table_seeds); None: the config's
 
     def not_reproduced_line(self) -> str:
         return f"{self.target} ({self.paper} {self.title}) is not reproduced: {self.not_reproduced}"
@@ -69,6 +71,12 @@ def default_pretrain(backbone: str) -> str:
     """The pretraining recipe a backbone gets unless a row names one: its family's, or user-supplied weights."""
     family = model_index.family(backbone)
     return family if family in recipes.load("pretrain") else SUPPLIED
+
+
+def finetune_pretrain(backbone: str, recipe: str) -> str:
+    """The pretraining a fine-tuning recipe's backbone starts from: the recipe's `pretrain` (the project's
+    recipes), else the backbone's default; a fine-tuning job's path names the recipe, so this is one per job."""
+    return recipes.weights_from(recipe) or default_pretrain(backbone)
 
 
 def _check_recipe(where: str, exp: dict, table: dict) -> str | None:
@@ -89,6 +97,8 @@ def _row_run(at: str, paper: str, table_id: str, row: dict, kind: str, recipe: s
             raise registry.ConfigError(f"{at}: field 'run.{field}' is {spec[field]!r}, not a registered model; "
                                        "see `python -m pipeline tables` and model_index.list_models()")
     own = default_pretrain(spec["backbone"])
+    if kind == "finetune":
+        own = finetune_pretrain(spec["backbone"], recipe)
     pretrain = spec.get("pretrain") or own
     if pretrain != SUPPLIED and pretrain not in recipes.load("pretrain"):
         raise registry.ConfigError(f"{at}: field 'run.pretrain' is {pretrain!r}; recipes: "
@@ -97,7 +107,7 @@ def _row_run(at: str, paper: str, table_id: str, row: dict, kind: str, recipe: s
     if kind == "finetune":
         if pretrain != own:
             raise registry.ConfigError(f"{at}: field 'run.pretrain' is {pretrain!r}; a fine-tuned backbone starts "
-                                       f"from its family's weights ({own})")
+                                       f"from the weights its fine-tuning recipe gives it ({own})")
         if schedule not in recipes.schedules(recipe):
             raise registry.ConfigError(f"{at}: field 'run.schedule' is {schedule!r}; schedules of {recipe}: "
                                        f"{', '.join(recipes.schedules(recipe))}")
@@ -125,7 +135,7 @@ def _experiment(paper: str, table: dict, path) -> Experiment:
     number = table.get("number") or {"value": None, "verified": False}
     return Experiment(table["target"], paper, table["id"], table["title"], exp["kind"], number["value"],
                       number["verified"], number.get("note"), recipe, table.get("not_reproduced"), tuple(runs),
-                      tuple(skipped))
+                      tuple(skipped), exp.get("seeds"))
 
 
 @functools.lru_cache(maxsize=None)

@@ -34,6 +34,14 @@ def job_counts(stdout: str) -> dict[str, int]:
 TRACKED = ["Snakefile", "dvc.yaml", "smoke", ".dvcignore", "config", "pipeline", "models", "profiles", "envs"]
 
 
+def run_smoke_targets(dst: Path, names, data_root, timeout: int) -> Path:
+    """A fresh copy of the project (copy_project) in which Snakemake made `names` at smoke scale on 2 cores."""
+    project = copy_project(dst)
+    run([BIN / "snakemake", "--profile", "profiles/local", "--cores", "2", *names, "--config", "scale=smoke",
+         f"data_root={data_root}"], cwd=project, timeout=timeout)
+    return project
+
+
 def copy_project(dst: Path) -> Path:
     """The tracked project files in a fresh folder (sharing this checkout's .venv), to run Snakemake or DVC in
     without touching the checkout's results."""

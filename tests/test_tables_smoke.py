@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from conftest import BIN, ROOT, copy_project, run
+from conftest import BIN, ROOT, run, run_smoke_targets
 from webdriver import Chromium
 
 # Each target's measured metric names, as the registry rows name them.
@@ -27,10 +27,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 @pytest.fixture(scope="module")
 def project(embedded_data, tmp_path_factory):
     """The five tables run once at smoke scale; the tests below read what they left."""
-    project = copy_project(tmp_path_factory.mktemp("tables") / "project")
-    run([BIN / "snakemake", "--profile", "profiles/local", "--cores", "2", *EXPECTED, "--config", "scale=smoke",
-         f"data_root={embedded_data}"], cwd=project, timeout=2400)
-    return project
+    return run_smoke_targets(tmp_path_factory.mktemp("tables") / "project", EXPECTED, embedded_data, 2400)
 
 
 def test_one_table_per_task_runs_at_smoke_scale(project):

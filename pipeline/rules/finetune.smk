@@ -1,6 +1,6 @@
 # detectron2 fine-tuning and evaluation, one job per dataset, task (framework), backbone, recipe, schedule and
-# seed, each run from its resolved settings file. The ImageNet weights come from the backbone family's
-# pretraining recipe, are user-supplied, or are the authors' released checkpoint (`pretrain_source: released`).
+# seed, each run from its resolved settings file. The ImageNet weights come from the pretraining recipe the
+# fine-tuning recipe names (the project's) or the backbone family's, are user-supplied, or are the authors' released checkpoint (`pretrain_source: released`).
 # Fine-tuning runs one task per node, which starts a process per GPU (detectron2's launch, pipeline/finetune.py).
 
 from pipeline.tasks import TASKS
@@ -14,7 +14,8 @@ def pretrained_checkpoint(wildcards) -> str:
     """The ImageNet checkpoint a fine-tuning job starts from (same seed, same scale): its recipe's pretraining,
     supplied weights, or the released checkpoint (config `pretrain_source`)."""
     backbone = wildcards.backbone
-    source = jobs.weights_source(backbone, targets.default_pretrain(backbone), config["pretrain_source"])
+    source = jobs.weights_source(backbone, targets.finetune_pretrain(backbone, wildcards.recipe),
+                                 config["pretrain_source"])
     return jobs.imagenet_job(backbone, source, SCALE, DATASETS, wildcards.seed).output
 
 

@@ -7,7 +7,8 @@
 
 rule gather_table:
     input:
-        lambda wc: jobs.table_inputs(wc.target, SCALE, DATASETS, SEEDS, config["pretrain_source"]),
+        lambda wc: jobs.table_inputs(wc.target, SCALE, DATASETS, jobs.table_seeds(wc.target, config),
+                                     config["pretrain_source"]),
     output:
         table=paths.table("{target}", SCALE),
         metrics=paths.table_metrics(paths.table("{target}", SCALE)),
@@ -16,7 +17,7 @@ rule gather_table:
     wildcard_constraints:
         target="|".join(targets.reproducible()),
     params:
-        seeds=",".join(map(str, SEEDS)),
+        seeds=lambda wc: ",".join(map(str, jobs.table_seeds(wc.target, config))),
         source=json.dumps(config["pretrain_source"]),
     shell:
         "{PYTHON:q} -m pipeline.gather --target {wildcards.target} --scale {SCALE} --seeds {params.seeds}"
