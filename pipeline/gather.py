@@ -92,6 +92,14 @@ def train_rate(job: jobs.Job) -> float | None:
     return steps * batch / seconds if steps and seconds else None
 
 
+def _backbone_cost(backbone: str) -> dict:
+    """The backbone's classifier at 224: what the project's tables compare families by, whatever the task."""
+    from pipeline.report import backbone_cost
+
+    params, macs = backbone_cost(backbone, 224)
+    return {"params_m": params, "macs_g": macs, "resolution": 224}
+
+
 def _summaries(per_seed: dict, names) -> dict:
     """Each metric's mean, std and 95 % interval over the seeds that measured it (pipeline/stats.py)."""
     out = {}
@@ -146,6 +154,7 @@ def _row(run: targets.Run, paper_row: dict, scale: str, datasets: dict, seeds: l
         "summary": _summaries(per_seed, paper_row["metrics"]),
         # The pretraining's own throughput (images/s), averaged over seeds; None for imported weights.
         "pretrain_images_per_s": statistics.fmean(rates) if rates else None,
+        "backbone_cost": _backbone_cost(run.backbone) if paper_row["evidence"] == "project" else None,
         "all_measured": {str(s): everything[s] for s in seeds},
         "settings": {str(s): files[s] for s in seeds},
         "settings_sha256": settings_hash([f for s in seeds for f in files[s].values()]),

@@ -294,9 +294,9 @@ def cost(row: dict) -> dict:
     paper = row.get("paper_cost") or {}
     out = {"paper_params_m": paper.get("params_m"), "paper_flops_g": paper.get("flops_g"),
            "convention": paper.get("flops_convention"), "params_m": None, "flops_g": None}
-    if row.get("evidence") == "project":
-        # The project's tables compare families: the backbone's classifier at 224, whatever the task.
-        out["backbone_params_m"], out["backbone_flops_g"] = backbone_cost(row["backbone"], 224)
+    if row.get("backbone_cost"):  # the project's tables (pipeline/gather.py)
+        out["backbone_params_m"], out["backbone_flops_g"] = (row["backbone_cost"]["params_m"],
+                                                             row["backbone_cost"]["macs_g"])
     if row["kind"] == "pretrain":
         resolution = _resolution(paper.get("resolution"))
         out["params_m"], out["flops_g"] = backbone_cost(row["backbone"], resolution if paper.get("flops_g") else None)

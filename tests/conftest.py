@@ -35,10 +35,12 @@ TRACKED = ["Snakefile", "dvc.yaml", "smoke", ".dvcignore", "config", "pipeline",
 
 
 def run_smoke_targets(dst: Path, names, data_root, timeout: int) -> Path:
-    """A fresh copy of the project (copy_project) in which Snakemake made `names` at smoke scale on 2 cores."""
+    """A fresh copy of the project (copy_project) in which Snakemake made `names` at smoke scale, two jobs at a
+    time, each with one CPU thread (torch's default of every core would make the jobs, and the other test
+    worker, spin against each other)."""
     project = copy_project(dst)
     run([BIN / "snakemake", "--profile", "profiles/local", "--cores", "2", *names, "--config", "scale=smoke",
-         f"data_root={data_root}"], cwd=project, timeout=timeout)
+         f"data_root={data_root}"], cwd=project, timeout=timeout, env={"OMP_NUM_THREADS": "1"})
     return project
 
 

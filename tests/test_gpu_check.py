@@ -9,7 +9,9 @@ from pipeline import gpu_check
 
 
 def test_every_path_runs_on_cpu_at_tiny_sizes(tmp_path):
-    proc = run([PYTHON, "-m", "pipeline.gpu_check", "--device", "cpu", "--tiny", "--out", str(tmp_path)], timeout=600)
+    # One thread: the other test worker shares the two cores.
+    proc = run([PYTHON, "-m", "pipeline.gpu_check", "--device", "cpu", "--tiny", "--out", str(tmp_path)], timeout=600,
+               env={"OMP_NUM_THREADS": "1"})
     doc = json.loads((tmp_path / "gpu_tiny.json").read_text())
     assert doc["failures"] == []
     models = [m for m, _ in gpu_check.PRETRAIN]

@@ -75,6 +75,9 @@ def test_each_project_table_runs_with_two_seeds_and_gives_intervals(smoke):
                 lo, hi = summary["ci95"]
                 assert lo <= summary["mean"] <= hi and math.isfinite(hi - lo)
             assert row["pretrain_images_per_s"] > 0
+        pvt = doc["rows"][0]["backbone_cost"]
+        # PVT-Small: 24.486M parameters (official code recount, pvt.md), 3.8 GMACs (paper Table 2).
+        assert (round(pvt["params_m"], 3), round(pvt["macs_g"], 1)) == (24.486, 3.8)
         for name in metrics:
             comp = doc["comparison"][name]
             assert set(comp["ranks"]) == set(BACKBONES)
@@ -98,3 +101,14 @@ def test_each_project_report_ranks_names_recipe_differences_and_plots(smoke):
     assert "finetune: its paper (hornet) has no mask_rcnn recipe to compare with" in coco
     # BoTNet's own Mask R-CNN recipe (config/recipes/finetune.yaml `botnet_mask_rcnn`) decays weights by 4e-5.
     assert "finetune: `weight_decay` 0.0001 here, 4e-05 in its paper's `botnet_mask_rcnn` recipe" in coco
+
+
+def test_with_released_weights_the_dense_tables_start_from_them_where_they_exist():
+    from pipeline import released
+
+    found = jobs.jobs("fair_coco_mask_rcnn_1x", "full", sources.datasets("data"), [0], pretrain_source="released")
+    imported = {j.backbone for j in found if j.rule == "import_released"}
+    pretrained = {j.backbone for j in found if j.rule == "pretrain"}
+    assert imported == {b for b in BACKBONES if released.for_backbone(b)} and imported
+    assert pretrained == set(BACKBONES) - imported
+    assert all("/fair/" in j.dir for j in found if j.rule == "pretrain")
