@@ -129,9 +129,10 @@ def comparison(rows: list[dict]) -> dict:
 
 
 def _row(run: targets.Run, paper_row: dict, scale: str, datasets: dict, seeds: list[int], source="ours") -> dict:
-    per_seed, everything, files = {}, {}, {}
+    per_seed, everything, files, rates = {}, {}, {}, []
     for seed in seeds:
         found = jobs.run_jobs(run, scale, datasets, seed, source)
+        rates += [r for r in [train_rate(found[0])] if r]
         everything[seed] = _metrics_of(found)
         base = _metrics_of(jobs.run_jobs(run.with_backbone(run.baseline), scale, datasets, seed)) \
             if run.baseline else None
@@ -141,7 +142,6 @@ def _row(run: targets.Run, paper_row: dict, scale: str, datasets: dict, seeds: l
     for name in paper_row["metrics"]:
         values = [per_seed[s][name] for s in seeds if per_seed[s][name] is not None]
         measured[name] = statistics.fmean(values) if values else None
-    rates = [r for s in seeds for r in [train_rate(jobs.run_jobs(run, scale, datasets, s, source)[0])] if r]
     return {
         "id": run.row, "row": paper_row["row"], "kind": run.kind, "backbone": run.backbone,
         "pretrain": jobs.weights_source(run.backbone, run.pretrain, source) if run.kind == "finetune" else run.pretrain,

@@ -121,10 +121,8 @@ def table_seeds(target: str, config: dict, scale: str | None = None) -> list[int
         return seeds
     if (scale or config["scale"]) == "smoke":
         want = min(want, config["smoke"][config["smoke_profile"]].get("seeds", want))
-    extra = (s for s in range(max(seeds, default=-1) + 1, 10**6))
-    while len(seeds) < want:
-        seeds.append(next(extra))
-    return seeds
+    start = max(seeds, default=-1) + 1
+    return seeds + list(range(start, start + max(0, want - len(seeds))))
 
 
 def _runs(target: str, seeds: list[int]):

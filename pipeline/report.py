@@ -175,8 +175,8 @@ def own_recipe_differences(row: dict) -> list[str]:
     if row["kind"] != "finetune":
         return out
     mine = recipes.finetune(row["recipe"], backbone, row["schedule"])
-    theirs = [name for name in recipes.load("finetune") if name.startswith(f"{family}_")
-              and recipes.finetune(name, backbone, next(iter(recipes.schedules(name))))["framework"] == mine["framework"]]
+    theirs = [name for name, recipe in recipes.load("finetune").items() if name.startswith(f"{family}_")
+              and recipe["fields"]["framework"]["value"] == mine["framework"]]  # one read of the recipes file
     if not theirs:
         return out + [f"finetune: its paper ({family}) has no {mine['framework']} recipe to compare with"]
     schedule = row["schedule"] if row["schedule"] in recipes.schedules(theirs[0]) else next(iter(recipes.schedules(theirs[0])))
