@@ -6,8 +6,8 @@
 Every value comes from the job's settings file (pipeline/settings.py FinetuneSettings: the recipe's keys);
 the frameworks are pipeline/tasks.py's. The length is `iters`, or `epochs` over the training set with lr
 steps at `steps` (epochs); `poly_power` gives a polynomial decay instead. The work dir holds detectron2's
-periodic checkpoints (written atomically); a re-run continues from the last one. The declared output is the
-final model's weights and the settings that built it.
+periodic checkpoints (written atomically, one at a time: the final state replaces the last periodic one); a
+re-run continues from it. The declared output is the final model's weights and the settings that built it.
 
 `--gpus G` runs G processes (one per GPU; gloo on a machine without GPUs) through detectron2's launch;
 `batch_size` is the total over them. Over several nodes each node runs this command once, with NNODES,
@@ -222,6 +222,22 @@ class ProgressBar(hooks.HookBase):
             self.bar.close()
 
 
+class StateCheckpointer(hooks.PeriodicCheckpointer):
+    """detectron2's periodic checkpointer (keeping the last periodic state), except that the final state replaces
+    that one instead of being written beside a copy of it: a state holds the optimizer's moments too (0.5-0.8 GB
+    for a ResNet-50-sized Mask R-CNN or UperNet), and a finished run needs only the one a re-run exports from."""
+
+    def step(self, iteration: int, **kwargs) -> None:
+        if iteration < self.max_iter - 1:
+            super().step(iteration, **kwargs)
+            return
+        self.checkpointer.save("model_final", iteration=int(iteration), **kwargs)
+        if self.checkpointer.save_to_disk:
+            for path in self.recent_checkpoints:
+                Path(path).unlink(missing_ok=True)
+        self.recent_checkpoints = []
+
+
 class StopOnSignal(hooks.HookBase):
     """After the step during which any process got the stop signal: save the full state (model, optimizer,
     scheduler, iteration), then leave with Requeue; a re-run resumes at the next iteration."""
@@ -322,7 +338,7 @@ def finetune(cfg: FinetuneSettings, files: RunFiles) -> None:
     model.train()
     trainer, scheduler = _trainer(cfg, model, dicts, iters, milestones)
     checkpointer = AtomicCheckpointer(model, files.work_dir, trainer=trainer)
-    periodic = hooks.PeriodicCheckpointer(checkpointer, cfg.checkpoint_every, max_iter=iters, max_to_keep=1)
+    periodic = StateCheckpointer(checkpointer, cfg.checkpoint_every, max_iter=iters, max_to_keep=1)
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=scheduler),

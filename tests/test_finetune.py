@@ -150,26 +150,38 @@ def test_a_non_finite_loss_stops_in_one_line_with_the_iteration_and_lr():
     assert model.w.item() == 1.0  # stopped before the optimizer stepped
 
 
-def _finetune(data, out, iters):
-    from conftest import PYTHON, run
+def _finetune_command(data, out, iters):
+    from conftest import PYTHON
 
     settings.for_engine(out / "settings.yaml", "finetune", "pvt_tiny", framework="mask_rcnn", iters=iters,
                         batch_size=2, short_side=[128], max_size=192, roi_batch_size_per_image=64,
                         rpn_post_nms_topk_train=200, warmup_iters=1, checkpoint_every=1)
-    run([PYTHON, "-m", "pipeline.finetune", "--settings", str(out / "settings.yaml"), "--data", str(data),
-         "--work-dir", str(out / "state"), "--output", str(out / "model.pth")])
-    return sorted(p.name for p in (out / "state").glob("model_*.pth"))
+    return [PYTHON, "-m", "pipeline.finetune", "--settings", str(out / "settings.yaml"), "--data", str(data),
+            "--work-dir", str(out / "state"), "--output", str(out / "model.pth"), "--log-file", str(out / "log")]
 
 
-def test_a_resumed_run_keeps_as_many_states_as_an_uninterrupted_one(embedded_data, tmp_path):
-    import shutil
+def test_a_killed_and_resumed_run_keeps_one_state_as_an_uninterrupted_one(embedded_data, tmp_path):
+    """Killed after its first periodic state, the run resumes from it; that state then gives way to the next
+    one like any other, and the final state replaces the last periodic one: one state at a time, whatever
+    happened to the run (finetune.StateCheckpointer, finetune._keep_resumed)."""
+    import os
+    import signal
+    import subprocess
+    import time
 
-    data = embedded_data / "coco-embedded"
-    # What an uninterrupted 3-iteration run leaves (measured): detectron2's PeriodicCheckpointer at period 1 with
-    # max_to_keep 1 keeps the last periodic state, beside the final one.
-    uninterrupted = ["model_0000002.pth", "model_final.pth"]
-    _finetune(data, tmp_path / "twice", 2)
-    state = tmp_path / "twice" / "state"
-    for leftover in ("model_0000000.pth", "model_0000001.pth"):  # what killed processes leave (periodic, on signal)
-        shutil.copy(state / "model_final.pth", state / leftover)
-    assert _finetune(data, tmp_path / "twice", 3) == uninterrupted
+    from conftest import ROOT, run
+
+    command = _finetune_command(embedded_data / "coco-embedded", tmp_path, 3)
+    first = tmp_path / "state" / "model_0000000.pth"
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists() and not (tmp_path / "model.pth").exists(), "the run was not killed after its first state"
+    run(command, env={"OMP_NUM_THREADS": "1"})
+    assert f"resuming from {first} after iteration 1 of 3" in (tmp_path / "log").read_text()
+    assert sorted(p.name for p in (tmp_path / "state").glob("model_*.pth")) == ["model_final.pth"]
+    assert (tmp_path / "state" / "last_checkpoint").read_text() == "model_final.pth"
