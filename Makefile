@@ -14,11 +14,12 @@ demo: setup
 	.venv/bin/snakemake --profile profiles/local demo --config scale=smoke smoke_profile=demo
 
 # Two pytest workers: most tests spend their time starting Python processes, which use one core each.
-# loadfile keeps each test file on one worker: the SLURM tests share one cluster.
+# loadfile keeps each test file on one worker: the SLURM tests share one cluster. The files go out longest first
+# (tests/conftest.py LONGEST_FIRST), not by their number of tests.
 TEST_WORKERS ?= 2
 
 test: setup
-	.venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	.venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The GPU paths on one CUDA GPU, measured (pipeline/gpu_check.py): reports/bench/gpu.md and .json.
 # GPU_CHECK_ARGS="--compile" adds torch.compile; "--device cpu --tiny" runs every path on CPU in a minute.
