@@ -2,4 +2,5 @@
 
 from models._registry import (CheckpointError, aliases, convert, create, family, feature_info,  # noqa: F401
                               list_models, load_file, read_checkpoint)
-from models import baselines, botnet, hornet, lvt, patchconvnet, pvt  # noqa: F401,E402  (registers each family's variants)
+# Importing each family registers its variants.
+from models import baselines, botnet, hornet, lvt, patchconvnet, pvt  # noqa: F401,E402

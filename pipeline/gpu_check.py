@@ -71,8 +71,8 @@ class Sizes:
 
 
 FULL = Sizes(steps=200, reference_steps=60, untimed=20, pool=4, img_size=None, batch=None, det_iters=40,
-             det_short_side=None, det_max_size=None, det_batch=None, det_proposals=None, coco_images=16, coco_size=(800, 1200),
-             ddp_steps=10)
+             det_short_side=None, det_max_size=None, det_batch=None, det_proposals=None, coco_images=16,
+             coco_size=(800, 1200), ddp_steps=10)
 TINY = Sizes(steps=4, reference_steps=3, untimed=1, pool=2, img_size=64, batch=4, det_iters=3, det_short_side=[128],
              det_max_size=192, det_batch=2, det_proposals=(64, 100), coco_images=4, coco_size=(96, 128), ddp_steps=2)
 
@@ -313,7 +313,8 @@ def write_imagenet(root: Path, images: int, size: int) -> Path:
     rng = np.random.default_rng(0)
     wnids = ["n00000001", "n00000002"]
     root.mkdir(parents=True, exist_ok=True)
-    (root / "classes.tsv").write_text("index\twnid\tnames\n" + "".join(f"{i}\t{w}\tc{i}\n" for i, w in enumerate(wnids)))
+    rows = "".join(f"{i}\t{w}\tc{i}\n" for i, w in enumerate(wnids))
+    (root / "classes.tsv").write_text("index\twnid\tnames\n" + rows)
     for split in ("train", "val"):
         for i in range(images):
             folder = root / split / wnids[i % 2]
@@ -382,7 +383,8 @@ def ddp_detectron2(sizes: Sizes, device, coco: Path, work: Path) -> dict:
 def _ddp_result(path: str, code: int, stderr: str, work: Path, t0: float, output: Path,
                 backend: str | None = None) -> dict:
     log = (work / "log").read_text() if (work / "log").exists() else ""
-    found = [line.split("process group: ", 1)[1].split(",")[0] for line in log.splitlines() if "process group: " in line]
+    found = [line.split("process group: ", 1)[1].split(",")[0] for line in log.splitlines()
+             if "process group: " in line]
     backend = backend or (found[0] if found else None)
     if code != 0 or not output.exists() or not found:
         tail = (stderr.strip().splitlines() or log.strip().splitlines() or ["no output"])[-1]

@@ -9,9 +9,9 @@ Every value comes from the job's settings file (pipeline/settings.py PretrainSet
 The recipe's pieces are timm's: RandAugment and random erasing (`create_transform`), Mixup/CutMix with soft
 targets, the cosine schedule with warm-up, and the weight EMA. AMP (`--amp bf16|fp16`), channels-last and a
 deterministic mode are switches, and `compile` runs the training steps through `torch.compile` (off by
-default; the first steps then take the compilation time). The work dir holds `last.pth` (model, optimizer, scheduler, EMA, scaler,
-step and RNG states), written atomically every `checkpoint_every` steps and at the end of each epoch; a
-re-run with the same work dir continues from it. Each sample's augmentation is seeded from (seed, epoch,
+default; the first steps then take the compilation time). The work dir holds `last.pth` (model, optimizer,
+scheduler, EMA, scaler, step and RNG states), written atomically every `checkpoint_every` steps and at the end of
+each epoch; a re-run with the same work dir continues from it. Each sample's augmentation is seeded from (seed, epoch,
 index), and the batch order from (seed, epoch), so a resumed run sees exactly the batches an uninterrupted
 one would.
 

@@ -172,7 +172,8 @@ def _load_all(papers_dir: str) -> dict[str, dict]:
 
 
 def papers(papers_dir: Path = PAPERS_DIR) -> dict[str, dict]:
-    """Every registry file (the five papers and the project's tables), validated, keyed by paper (`botnet`, `pvt`, ...)."""
+    """Every registry file (the five papers and the project's tables), validated, keyed by paper (`botnet`,
+    `pvt`, ...)."""
     return _load_all(str(papers_dir))
 
 

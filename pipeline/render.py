@@ -22,7 +22,8 @@ VERDICT_COLORS = {"reproduced": "#d4edda", "below": "#f8d7da", "above": "#fff3cd
                   "not measured": "#f1f1f1", "paper value not available": "#f1f1f1", "no band": "#f1f1f1"}
 
 
-def _num(value, digits: int = 1) -> str:
+def number(value, digits: int = 1) -> str:
+    """A value at `digits` decimals, or a dash for none."""
     return "–" if value is None else f"{value:.{digits}f}"
 
 
@@ -47,7 +48,7 @@ def result_rows(rows) -> list[list[str]]:
     for r in rows:
         for j in r.judgements:
             verdict = j.verdict + (f" ({j.why})" if j.verdict == "not measured" and j.why else "")
-            out.append([r.row["row"], j.metric, _num(j.paper), _measured(j), _delta(j), _band(j), verdict])
+            out.append([r.row["row"], j.metric, number(j.paper), _measured(j), _delta(j), _band(j), verdict])
     return out
 
 
@@ -75,9 +76,9 @@ def _cost_line(r) -> str | None:
     c = r.cost
     if not any(c.get(k) for k in ("paper_params_m", "params_m", "paper_flops_g", "flops_g")):
         return None
-    text = f"parameters {_num(c.get('params_m'))} M measured, {_num(c.get('paper_params_m'))} M in the paper"
+    text = f"parameters {number(c.get('params_m'))} M measured, {number(c.get('paper_params_m'))} M in the paper"
     if c.get("paper_flops_g") or c.get("flops_g"):
-        text += (f"; MACs {_num(c.get('flops_g'), 2)} G measured, {_num(c.get('paper_flops_g'), 2)} G in the paper "
+        text += (f"; MACs {number(c.get('flops_g'), 2)} G measured, {number(c.get('paper_flops_g'), 2)} G in the paper "
                  f"({c.get('convention') or 'convention not stated'})")
     return text
 

@@ -24,6 +24,7 @@ from pipeline import model_index, paths, recipes, registry, released, settings, 
 from pipeline.io import waiting_lock
 from pipeline.jobs import SCALES
 from pipeline.logs import fail, setup_logging
+from pipeline.render import number
 
 REPORT_CONFIG = registry.CONFIG_DIR / "report.yaml"
 
@@ -179,7 +180,8 @@ def own_recipe_differences(row: dict) -> list[str]:
               and recipe["fields"]["framework"]["value"] == mine["framework"]]  # one read of the recipes file
     if not theirs:
         return out + [f"finetune: its paper ({family}) has no {mine['framework']} recipe to compare with"]
-    schedule = row["schedule"] if row["schedule"] in recipes.schedules(theirs[0]) else next(iter(recipes.schedules(theirs[0])))
+    schedules = recipes.schedules(theirs[0])
+    schedule = row["schedule"] if row["schedule"] in schedules else next(iter(schedules))
     return out + _differences(mine, recipes.finetune(theirs[0], backbone, schedule), "finetune", theirs[0])
 
 
@@ -327,9 +329,8 @@ def ranking(table: dict, rows: list["RowReport"]) -> dict[str, list[list[str]]]:
     out = {}
     for metric, comp in table.get("comparison", {}).items():
         lines = []
-        order = sorted(comp["ranks"], key=lambda k: (comp["ranks"][k][0], comp["ranks"][k][1],
-                                                     -by_id[k].row["summary"][metric]["mean"] if comp["higher_is_better"]
-                                                     else by_id[k].row["summary"][metric]["mean"]))
+        sign = -1 if comp["higher_is_better"] else 1
+        order = sorted(comp["ranks"], key=lambda k: (*comp["ranks"][k], sign * by_id[k].row["summary"][metric]["mean"]))
         for row_id in order:
             r = by_id[row_id]
             summ = r.row["summary"][metric]
@@ -337,8 +338,8 @@ def ranking(table: dict, rows: list["RowReport"]) -> dict[str, list[list[str]]]:
             rate = r.row.get("pretrain_images_per_s")
             lines.append([_place(comp["ranks"][row_id]), r.row["row"],
                           f"{summ['mean']:.2f} ± {summ['std']:.2f} (n={summ['n']})",
-                          f"[{ci[0]:.2f}, {ci[1]:.2f}]", _fmt(r.cost.get("backbone_params_m"), 1),
-                          _fmt(r.cost.get("backbone_flops_g"), 2), _fmt(rate, 1)])
+                          f"[{ci[0]:.2f}, {ci[1]:.2f}]", number(r.cost.get("backbone_params_m"), 1),
+                          number(r.cost.get("backbone_flops_g"), 2), number(rate, 1)])
         out[metric] = lines
     return out
 
@@ -361,10 +362,6 @@ def pairwise_lines(table: dict, rows: list["RowReport"]) -> dict[str, list[str]]
             lines.append(f"{names[p['a']]} − {names[p['b']]}: {p['difference']:+.2f} {interval} → {verdict}")
         out[metric] = lines
     return out
-
-
-def _fmt(value, digits: int) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
 
 
 # ---- the report of one table ----

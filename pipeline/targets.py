@@ -6,8 +6,8 @@ A table with a `target` is reproduced by that Snakemake target. Each row either 
 fine-tuning schedule, optionally the pretraining recipe and a baseline model for *_delta metrics) or says in
 `not_run` why it has none. A backbone is pretrained with its family's recipe (config/recipes/pretrain.yaml)
 unless the row names another (the project's ImageNet table: `fair`); a fine-tuned backbone starts from the
-pretraining its fine-tuning recipe names (`pretrain`, the project's recipes) or its family's; a backbone with no recipe (the torchvision baselines) starts from ImageNet
-weights the user supplies.
+pretraining its fine-tuning recipe names (`pretrain`, the project's recipes) or its family's; a backbone with no
+recipe (the torchvision baselines) starts from ImageNet weights the user supplies.
 """
 
 from __future__ import annotations

@@ -7,12 +7,14 @@ from conftest import PYTHON, run
 
 def test_bench_models_prints_and_writes_a_row_per_model(tmp_path):
     # One thread: the other test worker shares the two cores (the rows' layout is checked, not their speed).
-    proc = run([PYTHON, "-m", "pipeline", "bench", "models", "--models", "pvt_tiny", "resnet50_baseline", "hornet_tiny_7x7",
+    proc = run([PYTHON, "-m", "pipeline", "bench", "models", "--models", "pvt_tiny", "resnet50_baseline",
+                "hornet_tiny_7x7",
                 "--batch", "1", "--warmup", "1", "--repeats", "1", "--iters", "1", "--threads", "1",
                 "--out", str(tmp_path)], timeout=900)
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0] for line in table[1:]] == ["| pvt_tiny", "| resnet50_baseline", "| hornet_tiny_7x7"]
-    assert "(explicit attention)" in table[1] and "(resnet50)" in table[2] and "(elementwise LayerNorm, channels-first)" in table[3]
+    assert "(explicit attention)" in table[1] and "(resnet50)" in table[2]
+    assert "(elementwise LayerNorm, channels-first)" in table[3]
     assert "official PVT v1 pvt_tiny" in table[1]
     data = json.loads((tmp_path / "models.json").read_text())
     rows = {r["model"]: r for r in data["rows"]}

@@ -254,7 +254,8 @@ def sshd(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     (keys / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\n"
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
         f"StrictModes no\nUsePAM no\nPidFile {keys / 'sshd.pid'}\nSubsystem sftp internal-sftp\n")
     if os.geteuid() == 0:

@@ -21,7 +21,8 @@ def test_every_path_runs_on_cpu_at_tiny_sizes(tmp_path):
     # The reference ways are the benchmark's (pipeline/bench.py): explicit attention, elementwise LayerNorm ...
     reference = {r["model"]: r for r in doc["pretrain"] if r["way"] != "project"}
     assert reference["pvt_small"]["overrides"] == {"fused_attn": False}
-    assert reference["hornet_tiny_gf"]["overrides"] == {"fused_norm": False} and not reference["hornet_tiny_gf"]["channels_last"]
+    hornet = reference["hornet_tiny_gf"]
+    assert hornet["overrides"] == {"fused_norm": False} and not hornet["channels_last"]
     assert not reference["resnet50_baseline"]["channels_last"]
     assert [r["framework"] for r in doc["detection"]] == ["mask_rcnn", "cascade_mask_rcnn", "retinanet"]
     assert all(r["seconds_per_iter"] > 0 and math.isfinite(r["total_loss"]) for r in doc["detection"])
@@ -47,7 +48,8 @@ def test_a_failed_path_is_named_and_fails_the_check(tmp_path, monkeypatch, capsy
 
 
 def test_without_a_gpu_the_full_check_says_so_in_one_line(tmp_path):
-    proc = run([PYTHON, "-m", "pipeline.gpu_check", "--out", str(tmp_path)], check=False, env={"CUDA_VISIBLE_DEVICES": ""})
+    proc = run([PYTHON, "-m", "pipeline.gpu_check", "--out", str(tmp_path)], check=False,
+               env={"CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: no CUDA device visible; run on a GPU machine, or "
                                                 "`--device cpu --tiny` to check the paths"]
