@@ -17,10 +17,11 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 def _registered(path: Path) -> list[str]:
-    """The keys of the module's `VARIANTS` and `ALIASES` dicts, when it calls `register_family`."""
+    """The keys of the module's `VARIANTS` and `ALIASES` dicts, when it calls `register_family` (at its top level,
+    as each family does after defining them)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    if "register_family" not in calls:
+    if not any(isinstance(n, ast.Expr) and isinstance(n.value, ast.Call) and isinstance(n.value.func, ast.Name)
+               and n.value.func.id == "register_family" for n in tree.body):
         return []
     names = []
     for node in tree.body:
