@@ -18,6 +18,7 @@ again, it resumes at the next iteration.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
@@ -385,7 +386,10 @@ def run(cfg: FinetuneSettings, files: RunFiles) -> int:
     world = comm.get_world_size()
     if torch.distributed.is_initialized():
         # A process group left alive aborts the process at interpreter exit ("terminate called without an active
-        # exception"), turning a finished run into a failed one.
+        # exception"), turning a finished run into a failed one. Its last references go first: detectron2's
+        # handle on this machine's group, and the DDP model that the trainer's reference cycles keep.
+        comm._LOCAL_PROCESS_GROUP = None
+        gc.collect()
         torch.distributed.destroy_process_group()
     if world > 1 and code:
         sys.exit(code)
